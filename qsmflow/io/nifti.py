@@ -1,0 +1,123 @@
+"""NIfTI reading and atomic writing with clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import QSMInputError
+
+
+@dataclass
+class Volume:
+    """An image array with its affine and the file it came from."""
+
+    data: np.ndarray
+    affine: np.ndarray
+    path: str | None = None
+
+    @property
+    def voxel_size(self) -> np.ndarray:
+        from ..physics.geometry import voxel_size_from_affine
+
+        return voxel_size_from_affine(self.affine)
+
+    @property
+    def b0_dir(self) -> np.ndarray:
+        from ..physics.geometry import b0_dir_from_affine
+
+        return b0_dir_from_affine(self.affine, source=self.path)
+
+
+def load_volume(path: str | os.PathLike, *, dtype=np.float32, ndim: int | None = 3) -> Volume:
+    """Read a NIfTI file; raise :class:`QSMInputError` naming the file on any problem.
+
+    A trailing singleton 4th axis is dropped when ``ndim == 3``.
+    """
+    import nibabel as nib
+
+    p = Path(path)
+    if not p.exists():
+        raise QSMInputError("file not found", str(p))
+    try:
+        img = nib.load(str(p))
+        data = np.asarray(img.dataobj)
+    except Exception as exc:  # nibabel raises many exception types for broken files
+        raise QSMInputError(f"cannot read as NIfTI ({exc})", str(p)) from exc
+    if ndim == 3 and data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if ndim is not None and data.ndim != ndim:
+        raise QSMInputError(f"expected a {ndim}-D image, got shape {data.shape}", str(p))
+    if dtype is not None:
+        data = data.astype(dtype, copy=False)
+    return Volume(data=data, affine=np.asarray(img.affine, dtype=np.float64), path=str(p))
+
+
+def _atomic_target(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(path.parent, os.W_OK):
+        raise QSMInputError("output directory is not writable", str(path.parent))
+    return path
+
+
+def save_volume(
+    path: str | os.PathLike,
+    data: np.ndarray,
+    affine: np.ndarray,
+    *,
+    dtype=np.float32,
+    sidecar: dict[str, Any] | None = None,
+) -> Path:
+    """Write a NIfTI atomically (temporary file, then rename); optionally a JSON sidecar."""
+    import nibabel as nib
+
+    p = _atomic_target(Path(path))
+    arr = np.asarray(data)
+    if dtype is not None:
+        arr = arr.astype(dtype, copy=False)
+    img = nib.Nifti1Image(arr, np.asarray(affine, dtype=np.float64))
+    img.header.set_xyzt_units("mm", "sec")
+    suffix = ".nii.gz" if p.name.endswith(".nii.gz") else p.suffix or ".nii"
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=p.parent)
+    os.close(fd)
+    try:
+        nib.save(img, tmp)
+        os.replace(tmp, p)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    if sidecar is not None:
+        name = p.name[: -len(".nii.gz")] if p.name.endswith(".nii.gz") else p.stem
+        write_json(p.with_name(name + ".json"), sidecar)
+    return p
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write JSON atomically (numpy scalars and arrays converted)."""
+
+    def default(o):
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, Path):
+            return str(o)
+        raise TypeError(f"not JSON serialisable: {type(o)}")
+
+    p = _atomic_target(Path(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=p.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(obj, fh, indent=2, default=default)
+            fh.write("\n")
+        os.replace(tmp, p)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return p

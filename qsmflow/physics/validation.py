@@ -1,0 +1,114 @@
+"""Boundary checks for arrays entering the numerics: finite values, masks, grids, phase units."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import QSMInputError
+
+
+def check_volume(
+    x: np.ndarray, name: str = "image", source: str | None = None, *, ndim: int = 3
+) -> np.ndarray:
+    """Raise unless ``x`` is a real ``ndim``-D array; return it as a float array."""
+    x = np.asarray(x)
+    if x.ndim != ndim:
+        raise QSMInputError(f"{name} must be {ndim}-D, got shape {x.shape}", source)
+    if np.iscomplexobj(x):
+        raise QSMInputError(f"{name} must be real-valued, got {x.dtype}", source)
+    if not np.issubdtype(x.dtype, np.floating):
+        x = x.astype(np.float32)
+    return x
+
+
+def check_finite(
+    x: np.ndarray,
+    name: str = "image",
+    source: str | None = None,
+    mask: np.ndarray | None = None,
+    *,
+    fix: bool = False,
+) -> np.ndarray:
+    """Non-finite voxels inside ``mask`` (everywhere when no mask) are an error.
+
+    Non-finite voxels outside the mask are always set to 0 (they carry no information). With
+    ``fix=True`` non-finite voxels inside the mask are also set to 0 instead of raising.
+    """
+    bad = ~np.isfinite(x)
+    if not bad.any():
+        return x
+    inside = bad if mask is None else bad & mask
+    n_inside = int(inside.sum())
+    if n_inside and not fix:
+        raise QSMInputError(
+            f"{name} has {n_inside} NaN/inf voxel(s)"
+            + (" inside the mask" if mask is not None else "")
+            + "; mask them out or pass a mask that excludes them",
+            source,
+        )
+    x = np.where(bad, 0, x).astype(x.dtype, copy=False)
+    return x
+
+
+def check_mask(
+    mask: np.ndarray, shape: tuple[int, ...], source: str | None = None, name: str = "mask"
+) -> np.ndarray:
+    """Return ``mask`` as bool after checking its grid and that it is not empty."""
+    mask = np.asarray(mask)
+    if mask.shape != tuple(shape):
+        raise QSMInputError(
+            f"{name} grid {mask.shape} does not match the image grid {tuple(shape)}", source
+        )
+    if mask.dtype != bool:
+        if not np.all(np.isfinite(mask)):
+            raise QSMInputError(f"{name} contains NaN/inf", source)
+        mask = mask > 0.5
+    if not mask.any():
+        raise QSMInputError(f"{name} is empty (no voxel is set)", source)
+    return mask
+
+
+def check_same_grid(
+    a_shape: tuple[int, ...], b_shape: tuple[int, ...], what: str, source: str | None = None
+) -> None:
+    if tuple(a_shape) != tuple(b_shape):
+        raise QSMInputError(f"{what}: grids differ, {tuple(a_shape)} vs {tuple(b_shape)}", source)
+
+
+def phase_to_radians(
+    phase: np.ndarray, source: str | None = None, *, units: str = "auto"
+) -> tuple[np.ndarray, str]:
+    """Scale a phase image to radians in [-pi, pi).
+
+    ``units``: ``"rad"``, ``"siemens"`` (12-bit, -4096..4095 -> x pi/4096) or ``"auto"``
+    (radians when |phase| <= pi + 1e-3, Siemens units when the range lies within
+    [-4096, 4095] and exceeds 2*pi; anything else is an error). Returns the scaled phase and
+    the units detected.
+    """
+    phase = np.asarray(phase, dtype=np.float32)
+    finite = phase[np.isfinite(phase)]
+    if finite.size == 0:
+        raise QSMInputError("phase image has no finite voxel", source)
+    lo, hi = float(finite.min()), float(finite.max())
+    if units == "auto":
+        if lo >= -np.pi - 1e-3 and hi <= np.pi + 1e-3:
+            units = "rad"
+        elif lo >= -4096.5 and hi <= 4095.5 and (hi - lo) > 2 * np.pi + 1:
+            units = "siemens"
+        else:
+            raise QSMInputError(
+                f"phase range [{lo:.4g}, {hi:.4g}] is neither radians [-pi, pi] nor Siemens "
+                "units [-4096, 4095]; rescale the phase to radians",
+                source,
+            )
+    if units == "rad":
+        if lo < -np.pi - 1e-3 or hi > np.pi + 1e-3:
+            raise QSMInputError(f"phase range [{lo:.4g}, {hi:.4g}] exceeds [-pi, pi]", source)
+        return phase, units
+    if units == "siemens":
+        if lo < -4096.5 or hi > 4095.5:
+            raise QSMInputError(
+                f"phase range [{lo:.4g}, {hi:.4g}] exceeds Siemens units [-4096, 4095]", source
+            )
+        return (phase * np.float32(np.pi / 4096.0)).astype(np.float32), units
+    raise QSMInputError(f"unknown phase units {units!r} (use auto, rad or siemens)", source)
