@@ -1,0 +1,51 @@
+"""Evaluation of susceptibility maps: QSM-CI and 2016-challenge metrics, ROI statistics.
+
+See :mod:`qsmflow.evaluation.metrics` for the exact definitions of each family.
+"""
+
+from .metrics import (
+    calcification_metrics,
+    challenge_rescale,
+    correlation,
+    dgm_linearity,
+    hfen_2016,
+    hfen_qsmci,
+    nrmse,
+    nrmse_blood,
+    nrmse_detrend,
+    nrmse_dgm,
+    nrmse_tissue,
+    psnr_2016,
+    qsmci_preprocess,
+    rmse_2016,
+    score,
+    ssim_2016,
+    xsim,
+    xsim_qsmci,
+)
+from .rois import default_label_names, load_label_names, roi_mean_agreement, roi_stats
+
+__all__ = [
+    "calcification_metrics",
+    "challenge_rescale",
+    "correlation",
+    "default_label_names",
+    "dgm_linearity",
+    "hfen_2016",
+    "hfen_qsmci",
+    "load_label_names",
+    "nrmse",
+    "nrmse_blood",
+    "nrmse_detrend",
+    "nrmse_dgm",
+    "nrmse_tissue",
+    "psnr_2016",
+    "qsmci_preprocess",
+    "rmse_2016",
+    "roi_mean_agreement",
+    "roi_stats",
+    "score",
+    "ssim_2016",
+    "xsim",
+    "xsim_qsmci",
+]
