@@ -80,10 +80,18 @@ def phase_to_radians(
 ) -> tuple[np.ndarray, str]:
     """Scale a phase image to radians in [-pi, pi).
 
-    ``units``: ``"rad"``, ``"siemens"`` (12-bit, -4096..4095 -> x pi/4096) or ``"auto"``
-    (radians when |phase| <= pi + 1e-3, Siemens units when the range lies within
-    [-4096, 4095] and exceeds 2*pi; anything else is an error). Returns the scaled phase and
-    the units detected.
+    ``units``:
+
+    * ``"rad"``: already radians in [-pi, pi] (checked).
+    * ``"siemens"``: Siemens 12-bit phase after RescaleSlope 2 / RescaleIntercept -4096, values
+      in [-4096, 4095]; phi = v * pi / 4096.
+    * ``"siemens-raw"``: stored 12-bit values 0..4095 without rescaling; phi = v * pi/2048 - pi.
+    * ``"auto"``: radians when |phase| <= pi (+1e-3); Siemens units when the values lie in
+      [-4096, 4095] and span more than 4000 (a real phase image covers almost the whole
+      range); raw 12-bit when they lie in [0, 4095] and span more than 3000. Anything else
+      (degrees, an unwrapped phase, arbitrary scaling) is an error, never a silent guess.
+
+    Returns the scaled phase (float32) and the units used.
     """
     phase = np.asarray(phase, dtype=np.float32)
     finite = phase[np.isfinite(phase)]
@@ -93,12 +101,15 @@ def phase_to_radians(
     if units == "auto":
         if lo >= -np.pi - 1e-3 and hi <= np.pi + 1e-3:
             units = "rad"
-        elif lo >= -4096.5 and hi <= 4095.5 and (hi - lo) > 2 * np.pi + 1:
+        elif lo >= 0 and hi <= 4095.5 and (hi - lo) > 3000:
+            units = "siemens-raw"
+        elif lo >= -4096.5 and hi <= 4095.5 and (hi - lo) > 4000:
             units = "siemens"
         else:
             raise QSMInputError(
                 f"phase range [{lo:.4g}, {hi:.4g}] is neither radians [-pi, pi] nor Siemens "
-                "units [-4096, 4095]; rescale the phase to radians",
+                "12-bit units ([-4096, 4095] or raw [0, 4095]); rescale the phase to radians "
+                "or name its units",
                 source,
             )
     if units == "rad":
@@ -111,4 +122,12 @@ def phase_to_radians(
                 f"phase range [{lo:.4g}, {hi:.4g}] exceeds Siemens units [-4096, 4095]", source
             )
         return (phase * np.float32(np.pi / 4096.0)).astype(np.float32), units
-    raise QSMInputError(f"unknown phase units {units!r} (use auto, rad or siemens)", source)
+    if units == "siemens-raw":
+        if lo < -0.5 or hi > 4095.5:
+            raise QSMInputError(
+                f"phase range [{lo:.4g}, {hi:.4g}] exceeds raw 12-bit values [0, 4095]", source
+            )
+        return (phase * np.float32(np.pi / 2048.0) - np.float32(np.pi)).astype(np.float32), units
+    raise QSMInputError(
+        f"unknown phase units {units!r} (use auto, rad, siemens or siemens-raw)", source
+    )

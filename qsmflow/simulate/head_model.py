@@ -7,7 +7,15 @@ shipped with qsmflow: pass the folder holding ``SegmentedModel.nii.gz``, ``Brain
 
 Resampling follows the reference vectors (shared/reference/isdu README): the susceptibility map
 is built at 0.64 mm and zoomed with linear interpolation, labels and brain mask with nearest
-neighbour, to ``voxel_size`` mm. Label 0 (outside the head) has chi = 0.
+neighbour, to ``voxel_size`` mm (``scipy.ndimage.zoom`` rounds the grid, so the true spacing
+differs from ``voxel_size`` by < 0.2 % at 1 mm).
+
+Exterior air. The segmentation has no "outside" label: the air around the head is label 14
+(air, 9.2 ppm) like the sinuses. Left as is, the edge of the finite box would become a 9.2 ppm
+susceptibility step (a false field source once the forward model zero-pads). By default the air
+connected to the box border is relabelled 0 with chi = 0: susceptibilities are then relative to
+the surrounding medium, the head surface is not a field source, and internal air (sinuses, ear
+canals, mastoids) and bone still are. ``exterior="air"`` keeps the raw segmentation.
 """
 
 from __future__ import annotations
@@ -26,9 +34,22 @@ NATIVE_VOXEL_MM = 0.64
 
 #: Label numbers of the head model (index = label value).
 LABEL_NAMES = {
-    1: "caudate", 2: "globus_pallidus", 3: "putamen", 4: "red_nucleus", 5: "dentate_nucleus",
-    6: "sn_stn", 7: "thalamus", 8: "white_matter", 9: "grey_matter", 10: "csf", 11: "blood",
-    12: "fat", 13: "bone", 14: "air", 15: "muscle", 16: "calcification",
+    1: "caudate",
+    2: "globus_pallidus",
+    3: "putamen",
+    4: "red_nucleus",
+    5: "dentate_nucleus",
+    6: "sn_stn",
+    7: "thalamus",
+    8: "white_matter",
+    9: "grey_matter",
+    10: "csf",
+    11: "blood",
+    12: "fat",
+    13: "bone",
+    14: "air",
+    15: "muscle",
+    16: "calcification",
 }
 
 
@@ -80,6 +101,26 @@ def read_chiref(path: Path) -> np.ndarray:
     return chiref
 
 
+AIR_LABEL = 14
+
+
+def _exterior_air(labels: np.ndarray) -> np.ndarray:
+    """Air voxels connected (6-neighbourhood) to the border of the box."""
+    from scipy import ndimage
+
+    air = labels == AIR_LABEL
+    components, _ = ndimage.label(air)
+    border = np.concatenate(
+        [
+            components[[0, -1]].ravel(),
+            components[:, [0, -1]].ravel(),
+            components[..., [0, -1]].ravel(),
+        ]
+    )
+    touching = np.unique(border[border > 0])
+    return np.isin(components, touching)
+
+
 @lru_cache(maxsize=4)
 def _load_native(directory: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     import nibabel as nib
@@ -100,10 +141,13 @@ def load_head_model(
     voxel_size: float | Sequence[float] = 1.0,
     *,
     chiref: Sequence[float] | None = None,
+    exterior: str = "zero",
 ) -> HeadModel:
     """Load the head model and resample it to ``voxel_size`` mm (scalar or per axis).
 
     ``chiref`` overrides the per-label susceptibilities (17 values, index 0 = outside head).
+    ``exterior``: ``"zero"`` (default) relabels the air around the head 0 with chi 0;
+    ``"air"`` keeps it as air (9.2 ppm) up to the box edge.
     """
     from scipy import ndimage
 
@@ -114,6 +158,10 @@ def load_head_model(
         raise QSMInputError(f"chiref must have 17 entries (label 0..16), got {ref.shape}")
     vox = np.broadcast_to(np.asarray(voxel_size, dtype=np.float64), (3,))
     zoom = NATIVE_VOXEL_MM / vox
+    if exterior == "zero":
+        labels0 = np.where(_exterior_air(labels0), 0, labels0).astype(np.uint8)
+    elif exterior != "air":
+        raise QSMInputError(f"exterior must be 'zero' or 'air', got {exterior!r}")
     chi0 = ref[labels0]
     if np.allclose(zoom, 1.0):
         chi, labels, brain = chi0, labels0, brain0

@@ -1,0 +1,416 @@
+"""Multi-echo complex gradient-echo simulation with known truth.
+
+Signal model per voxel and echo (echo time TE in seconds, B0 in tesla):
+
+    S(TE) = M0 * exp(-R2* TE) * exp(i * (2 pi gamma_bar B0 * 1e-6 * field_ppm * TE + phi0))
+            + complex Gaussian noise
+
+with ``field_ppm`` the total field of the whole-head susceptibility map (sinus air and bone
+included) computed by :func:`qsmflow.physics.forward.forward_field` (zero-padded to twice the
+size, dipole kernel with D(0) = ``dc_value``, B0 direction ``b0_dir`` in array axes) and
+``phi0`` a smooth phase offset (receiver phase; rad). The phase is returned wrapped to
+(-pi, pi]. Everything is zero outside the head (no signal, no noise) unless
+``background_noise=True``. Noise: independent N(0, sigma^2) on the real and imaginary parts,
+sigma = mean(|S(TE_1)|) over the brain mask / ``snr``.
+
+The true local field is ``forward_field(chi inside the brain mask)`` restricted to the brain
+mask; ``total_field - local_field`` inside the brain is the background field.
+
+Head orientations (two ways; every orientation keeps the same array shape):
+
+(a) ``rotation=R`` -- the head is rotated in the scanner. The phantom is rebuilt (or resampled)
+    with the head rotated by ``R`` about the array centre (point p of the canonical head ->
+    ``R @ p`` in this array), B0 is along array axis 2 and the NIfTI affine is plain axial
+    (``diag(voxel_size)`` centred on the array centre), exactly as a scanner acquiring an axial
+    slab would write it: **the affine does not reveal the head rotation**; registration of the
+    magnitudes has to find it. The true rotation and the B0 direction it implies in the
+    canonical head frame, ``R.T @ z``, are recorded (``GREData.rotation``,
+    ``GREData.b0_dir_canonical``).
+(b) ``b0_dir=b`` -- the head stays fixed in the array and the acquisition is oblique: the field
+    is simulated with B0 along ``b`` (array axes) and the affine is ``[R @ diag(voxel_size), t]``
+    with ``R`` the smallest rotation with ``R.T @ z = b``, so that
+    :func:`qsmflow.physics.geometry.b0_dir_from_affine` returns ``b``. Use it to apply
+    measured B0 directions (e.g. the LPCNN 7T ones) to one phantom without registration.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from ..errors import QSMInputError
+from ..physics import units
+from ..physics.forward import forward_field
+from ..physics.kernel import normalise_b0_dir
+from .head_model import HeadModel
+from .phantom import (
+    SimulatedHead,
+    exterior_mask,
+    rotate_model,
+    smooth_random_field,
+    tissue_parameters,
+)
+
+log = logging.getLogger(__name__)
+
+#: Default echo times (s).
+DEFAULT_TE_S = (0.005, 0.010, 0.015, 0.020)
+
+Z = np.array([0.0, 0.0, 1.0])
+
+
+@dataclass
+class GREData:
+    """One simulated multi-echo GRE acquisition and its truth (arrays in the acquisition grid).
+
+    magnitude, phase : (X, Y, Z, E) float32; phase in rad, wrapped to (-pi, pi].
+    total_field : (X, Y, Z) ppm, field of the whole head's chi, zero outside the head.
+    local_field : (X, Y, Z) ppm, field of chi inside the brain mask, zero outside it.
+    chi, labels, brain_mask, head_mask : the truth in this orientation (chi in ppm).
+    m0, r2star : (X, Y, Z) M0 and R2* (1/s) used.
+    phase_offset : (X, Y, Z) rad, the phase at TE = 0 (before wrapping).
+    te_s, b0_tesla, voxel_size : echo times (s), field strength (T), voxel size (mm).
+    b0_dir : B0 direction in this array's axes (equals b0_dir_from_affine(affine)).
+    rotation : head rotation canonical -> this array (identity in oblique mode).
+    b0_dir_canonical : B0 direction in the canonical head frame, ``rotation.T @ b0_dir``.
+    affine : the NIfTI affine a scanner would write.
+    noise_sigma : standard deviation of the real and imaginary noise (0: noise-free).
+    snr : requested SNR (None: noise-free).
+    mode : "rotate" (head rotated, axial affine) or "oblique" (head fixed, oblique affine).
+    """
+
+    magnitude: np.ndarray
+    phase: np.ndarray
+    total_field: np.ndarray
+    local_field: np.ndarray
+    chi: np.ndarray
+    labels: np.ndarray
+    brain_mask: np.ndarray
+    head_mask: np.ndarray
+    m0: np.ndarray
+    r2star: np.ndarray
+    phase_offset: np.ndarray
+    te_s: tuple[float, ...]
+    b0_tesla: float
+    voxel_size: tuple[float, float, float]
+    b0_dir: np.ndarray
+    rotation: np.ndarray
+    b0_dir_canonical: np.ndarray
+    affine: np.ndarray
+    noise_sigma: float
+    snr: float | None
+    mode: str
+    dc_value: float = 0.0
+    description: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.chi.shape)
+
+    @property
+    def background_field(self) -> np.ndarray:
+        """Total minus local field inside the brain mask (ppm), 0 elsewhere."""
+        return np.where(self.brain_mask, self.total_field - self.local_field, 0).astype(np.float32)
+
+    @property
+    def complex_signal(self) -> np.ndarray:
+        return self.magnitude * np.exp(1j * self.phase)
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def rotation_to_z(b: Sequence[float]) -> np.ndarray:
+    """The smallest rotation R with ``R @ b = z`` (so ``R.T @ z = b``), b normalised first."""
+    b = normalise_b0_dir(b)
+    v = np.cross(b, Z)
+    s, c = np.linalg.norm(v), float(np.dot(b, Z))
+    if s < 1e-12:
+        if c > 0:
+            return np.eye(3)
+        return np.diag([1.0, -1.0, -1.0])  # 180 degrees about x
+    k = np.array([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]]) / s
+    angle = np.arctan2(s, c)
+    return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * (k @ k)
+
+
+def centred_affine(shape, voxel_size, rotation=None) -> np.ndarray:
+    """NIfTI affine ``[R @ diag(voxel_size), t]`` mapping the array centre to world (0, 0, 0)."""
+    r = np.eye(3) if rotation is None else np.asarray(rotation, dtype=np.float64)
+    m = r @ np.diag(np.asarray(voxel_size, dtype=np.float64))
+    c = (np.asarray(shape, dtype=np.float64) - 1) / 2.0
+    a = np.eye(4)
+    a[:3, :3] = m
+    a[:3, 3] = -m @ c
+    return a
+
+
+def oblique_affine(b0_dir: Sequence[float], shape, voxel_size) -> np.ndarray:
+    """Affine of an oblique acquisition whose B0 direction in array axes is ``b0_dir``."""
+    return centred_affine(shape, voxel_size, rotation_to_z(b0_dir))
+
+
+def head_rotations(n: int, max_rotation_deg: float = 25.0, seed=0) -> list[np.ndarray]:
+    """``n`` head rotations: the identity (reference) and ``n - 1`` tilts spread around.
+
+    Tilt axes lie in the axial plane at evenly spread azimuths (plus jitter), tilt angles are
+    60-100 % of ``max_rotation_deg``, and a small yaw (about z, +-5 degrees) is added, like a
+    subject tilting the head in the coil for COSMOS. B0 in the head frame of orientation k is
+    ``R_k.T @ z``, at the tilt angle from the head's z axis.
+    """
+    from ..physics.geometry import rotation_matrix
+
+    if n < 1:
+        raise QSMInputError(f"number of orientations must be >= 1, got {n}")
+    if not 0 <= max_rotation_deg <= 90:
+        raise QSMInputError(f"maximum head rotation must be 0-90 degrees, got {max_rotation_deg}")
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x0127]))
+    out = [np.eye(3)]
+    for k in range(1, n):
+        az = 2 * np.pi * (k - 1) / max(n - 1, 1) + rng.uniform(-0.3, 0.3)
+        axis = (np.cos(az), np.sin(az), 0.0)
+        tilt = max_rotation_deg * rng.uniform(0.6, 1.0)
+        yaw = rng.uniform(-5.0, 5.0) if max_rotation_deg > 0 else 0.0
+        out.append(rotation_matrix(axis, tilt) @ rotation_matrix((0, 0, 1), yaw))
+    return out
+
+
+# --------------------------------------------------------------------------- tissue maps
+
+
+def tissue_maps(
+    labels: np.ndarray,
+    b0_tesla: float = 3.0,
+    *,
+    texture: np.ndarray | None = None,
+    texture_level: float = 0.05,
+) -> tuple[np.ndarray, np.ndarray]:
+    """M0 and R2* (1/s) maps from a label map (see :data:`phantom.TISSUE_PARAMETERS`).
+
+    ``texture`` (unit-variance smooth field) modulates M0 by ``1 + 0.5 level t`` and R2* by
+    ``1 + 2 level t`` (2.5 % and 10 % std at the default 5 %).
+    """
+    m0_t, r2s_t = tissue_parameters(b0_tesla)
+    labels = np.asarray(labels)
+    if labels.max(initial=0) > 16:
+        raise QSMInputError(f"label map has labels > 16 (max {labels.max()})")
+    m0 = m0_t[labels].astype(np.float32)
+    r2s = r2s_t[labels].astype(np.float32)
+    if texture is not None and texture_level > 0:
+        t = np.asarray(texture, dtype=np.float32)
+        m0 *= np.clip(1 + 0.5 * texture_level * t, 0.5, 1.5)
+        r2s *= np.clip(1 + 2.0 * texture_level * t, 0.5, 1.5)
+    return m0, r2s
+
+
+def smooth_phase_offset(shape, voxel_size, seed=0, amplitude_rad: float = 1.0) -> np.ndarray:
+    """A smooth receiver phase offset (rad): a random constant in (-pi, pi] plus a slowly
+    varying field (correlation length 60 mm, std ``amplitude_rad``)."""
+    from .phantom import _grid_coords
+
+    rng = np.random.default_rng(np.random.SeedSequence([int(np.sum(np.atleast_1d(seed))), 0x0FF]))
+    const = rng.uniform(-np.pi, np.pi)
+    p = _grid_coords(tuple(shape), np.asarray(voxel_size, float), np.eye(3))
+    f = smooth_random_field(p, seed=rng.integers(0, 2**31), correlation_mm=60.0, n_waves=12)
+    return (const + amplitude_rad * f).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- simulation
+
+
+def _realise(model, rotation) -> SimulatedHead:
+    if hasattr(model, "realise"):
+        return model.realise(rotation)
+    if not isinstance(model, HeadModel):
+        raise QSMInputError(f"cannot simulate from {type(model).__name__}: need a HeadModel")
+    if rotation is None or np.allclose(rotation, np.eye(3)):
+        if isinstance(model, SimulatedHead):
+            return model
+        return SimulatedHead(
+            chi=model.chi,
+            labels=model.labels,
+            brain_mask=model.brain_mask,
+            voxel_size=model.voxel_size,
+            chiref=model.chiref,
+        )
+    return rotate_model(model, rotation)
+
+
+def _zero_exterior(m: SimulatedHead) -> SimulatedHead:
+    ext = exterior_mask(m.labels)
+    if not (ext & (m.labels > 0)).any() and not np.any(m.chi[ext]):
+        return m
+    log.debug("treating %d exterior air voxels as outside the head (chi 0)", int(ext.sum()))
+    return replace(
+        m,
+        chi=np.where(ext, 0, m.chi).astype(np.float32),
+        labels=np.where(ext, 0, m.labels).astype(np.uint8),
+        brain_mask=m.brain_mask & ~ext,
+    )
+
+
+def _seed_sequence(seed) -> np.random.SeedSequence:
+    if isinstance(seed, np.random.SeedSequence):
+        return seed
+    return np.random.SeedSequence([int(s) for s in np.atleast_1d(seed)])
+
+
+def simulate_gre(
+    model,
+    *,
+    te_s: Sequence[float] = DEFAULT_TE_S,
+    b0_tesla: float = 3.0,
+    rotation=None,
+    b0_dir: Sequence[float] | None = None,
+    snr: float | None = 100.0,
+    phase_offset: None | float | np.ndarray | str = None,
+    seed=0,
+    dephasing: bool = False,
+    background_noise: bool = False,
+    pad_factor: float = 2.0,
+    dc_value: float = 0.0,
+) -> GREData:
+    """Simulate multi-echo complex GRE data of ``model`` (see the module docstring).
+
+    Parameters
+    ----------
+    model : a :class:`HeadModel` (e.g. from ``load_head_model`` or ``make_phantom``) or a
+        phantom source with ``realise(rotation)`` (:class:`phantom.BuiltinPhantom`,
+        :class:`phantom.HeadModelSource`), which builds rotated heads without interpolation.
+        Air connected to the array border is treated as outside the head (chi 0).
+    te_s : echo times in seconds (e.g. 0.005 for 5 ms; milliseconds are refused).
+    b0_tesla : field strength in tesla.
+    rotation : 3x3 head rotation, mode (a); mutually exclusive with ``b0_dir``.
+    b0_dir : B0 direction in array axes with the head fixed, mode (b).
+    snr : mean first-echo brain magnitude / noise sigma; None or inf = noise-free.
+    phase_offset : None (0), a constant (rad), an (X, Y, Z) map (rad) or "smooth"
+        (:func:`smooth_phase_offset`).
+    seed : int or sequence of ints; seeds the noise and a "smooth" phase offset.
+    dephasing : multiply the magnitude by the intravoxel-dephasing factor
+        prod_i sinc(gamma_bar B0 dfield/dx_i * voxel_i * TE) of the total-field gradient
+        (signal loss near the sinuses).
+    background_noise : add noise outside the head too (default: exactly 0 there).
+    pad_factor, dc_value : passed to :func:`forward_field`.
+    """
+    te = tuple(float(t) for t in np.atleast_1d(np.asarray(te_s, dtype=np.float64)))
+    if len(te) == 0:
+        raise QSMInputError("at least one echo time is needed")
+    for t in te:
+        units.ppm_to_rad(0.0, t, b0_tesla)  # validates TE (seconds) and B0 (tesla)
+    if any(b > a for a, b in zip(te[1:], te[:-1], strict=True)):
+        raise QSMInputError(f"echo times must increase, got {te}")
+    if rotation is not None and b0_dir is not None:
+        raise QSMInputError("give either a head rotation or an oblique B0 direction, not both")
+    if snr is not None and not (snr > 0):
+        raise QSMInputError(f"SNR must be positive (or None for noise-free), got {snr}")
+
+    if b0_dir is not None:
+        mode = "oblique"
+        b = normalise_b0_dir(b0_dir)
+        head = _realise(model, None)
+        if not np.allclose(head.rotation, np.eye(3)):
+            raise QSMInputError("oblique mode needs a model in its canonical orientation")
+        affine = oblique_affine(b, head.chi.shape, head.voxel_size)
+        rot = np.eye(3)
+    else:
+        mode = "rotate"
+        head = _realise(model, rotation)
+        b = Z.copy()
+        rot = np.asarray(head.rotation, dtype=np.float64)
+        affine = centred_affine(head.chi.shape, head.voxel_size)
+    head = _zero_exterior(head)
+    shape, vox = head.chi.shape, head.voxel_size
+    head_mask = head.labels > 0
+    brain = head.brain_mask.astype(bool)
+
+    total = forward_field(head.chi, vox, b, pad_factor=pad_factor, dc_value=dc_value)
+    total = np.where(head_mask, total, 0).astype(np.float32)
+    local = forward_field(
+        np.where(brain, head.chi, 0).astype(np.float32),
+        vox,
+        b,
+        pad_factor=pad_factor,
+        dc_value=dc_value,
+    )
+    local = np.where(brain, local, 0).astype(np.float32)
+
+    m0, r2s = tissue_maps(
+        head.labels, b0_tesla, texture=head.tissue_texture, texture_level=head.texture_level
+    )
+    m0 = np.where(head_mask, m0, 0).astype(np.float32)
+
+    ss = _seed_sequence(seed)
+    noise_ss, offset_ss = ss.spawn(2)
+    if phase_offset is None:
+        phi0 = np.zeros(shape, np.float32)
+    elif isinstance(phase_offset, str):
+        if phase_offset != "smooth":
+            raise QSMInputError(
+                f"phase_offset must be None, a number, a map or 'smooth', got {phase_offset!r}"
+            )
+        phi0 = smooth_phase_offset(shape, vox, seed=offset_ss.generate_state(1)[0])
+    else:
+        phi0 = np.broadcast_to(np.asarray(phase_offset, dtype=np.float32), shape).copy()
+    phi0 = np.where(head_mask | background_noise, phi0, 0).astype(np.float32)
+
+    grads = None
+    if dephasing:
+        hz = units.ppm_to_hz(total, b0_tesla)
+        grads = [np.gradient(hz, axis=i) for i in range(3)]  # Hz per voxel
+        for g in grads:
+            g[~head_mask] = 0
+
+    rng = np.random.default_rng(noise_ss)
+    mags, phases = [], []
+    sigma = 0.0
+    for e, t in enumerate(te):
+        amp = m0 * np.exp(-r2s * np.float32(t))
+        if grads is not None:
+            for g in grads:
+                amp = amp * np.abs(np.sinc(g * t)).astype(np.float32)
+        phi = units.ppm_to_rad(total.astype(np.float64), t, b0_tesla) + phi0
+        sig = (amp * np.exp(1j * phi)).astype(np.complex64)
+        if e == 0 and snr is not None and np.isfinite(snr):
+            if not brain.any():
+                raise QSMInputError("brain mask is empty; cannot set the noise level from SNR")
+            sigma = float(np.mean(amp[brain])) / float(snr)
+        if sigma > 0:
+            noise = rng.standard_normal((2, *shape), dtype=np.float32) * np.float32(sigma)
+            noise = noise[0] + 1j * noise[1]
+            if not background_noise:
+                noise[~head_mask] = 0
+            sig = sig + noise
+        ph = np.angle(sig).astype(np.float32)
+        ph[ph <= -np.pi] += np.float32(2 * np.pi)
+        mags.append(np.abs(sig).astype(np.float32))
+        phases.append(ph)
+
+    return GREData(
+        magnitude=np.stack(mags, axis=-1),
+        phase=np.stack(phases, axis=-1),
+        total_field=total,
+        local_field=local,
+        chi=head.chi,
+        labels=head.labels,
+        brain_mask=brain,
+        head_mask=head_mask,
+        m0=m0,
+        r2star=np.where(head_mask, r2s, 0).astype(np.float32),
+        phase_offset=phi0,
+        te_s=te,
+        b0_tesla=float(b0_tesla),
+        voxel_size=tuple(float(v) for v in vox),
+        b0_dir=b,
+        rotation=rot,
+        b0_dir_canonical=rot.T @ b,
+        affine=affine,
+        noise_sigma=float(sigma),
+        snr=None if snr is None or not np.isfinite(snr) else float(snr),
+        mode=mode,
+        dc_value=float(dc_value),
+        description=head.description,
+    )
