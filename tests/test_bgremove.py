@@ -179,7 +179,7 @@ def head_fields(head_model_1mm):
         # 40 on er1 (from a reference run we could not reproduce) needs "per_radius", the
         # default.
         ("largest", 44.0, 30.0),
-        # Default: each voxel deconvolved with its own radius: measured 38.2 / 26.2.
+        # Default: each voxel deconvolved with its own radius: measured 38.4 / 26.1.
         ("per_radius", 40.0, 30.0),
     ],
 )

@@ -232,9 +232,10 @@ def head_total_field(head_model_1mm):
 
 
 # Demeaned NRMSE (%) of V-SHARP(unwrapped) against V-SHARP(true phase) in V-SHARP's mask.
-# Measured (TE 1 / 5 / 15 / 25 ms): sincos Laplacian 3.9 / 18.1 / 25.1 / 28.4, wrapped-difference
-# Laplacian 0.5 / 11.5 / 24.4 / 29.2, least squares 0.0 / 11.5 / 24.4 / 29.2, congruent least
-# squares 0.0 / 0.0 / 23.9 / 36.1 (the plain reference: 1.7 / 21 / 23 / 27). The floor
+# Measured with the default (per-radius) V-SHARP, TE 1 / 5 / 15 / 25 ms: sincos Laplacian
+# 4.9 / 18.0 / 24.8 / 28.8, wrapped-difference Laplacian 0.6 / 11.3 / 24.1 / 29.4, least squares
+# 0.0 / 11.3 / 24.1 / 29.4, congruent least squares 0.0 / 0.0 / 23.8 / 37.9 (the plain
+# reference: 1.7 / 21 / 23 / 27). The floor
 # at 15-25 ms is aliasing (neighbours > pi apart around the calcification and in the rim by the
 # sinuses), which no single echo can resolve.
 HEAD_UNWRAP_BARS = {
