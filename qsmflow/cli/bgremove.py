@@ -7,13 +7,17 @@ import argparse
 DESCRIPTION = """\
 Remove the background field (sources outside the mask) from an unwrapped total field.
 
-V-SHARP (default; Wu 2012, as QSM.rs): for each SMV radius from large to small the field is
-high-passed (field minus its spherical mean), each voxel keeps the value of the largest radius
-whose sphere fits in the mask, and the result is deconvolved with the largest kernel's
-truncated inverse (1/(1-S) where |1-S| >= threshold, else 0). With one radius this is SHARP.
+V-SHARP (Wu 2012): for each SMV radius from large to small the field is high-passed (field
+minus its spherical mean), each voxel keeps the value of the largest radius whose sphere fits
+in the mask, and is deconvolved with a truncated inverse (1/(1-S) where |1-S| >= threshold,
+else 0): by default that of its own radius (threshold scaled by sqrt(r_max/r)), or with
+--deconvolution largest once with the largest kernel's (the classic form, as QSM.rs). With one
+radius this is SHARP.
 Units: the filter is linear, so the output has the unit of FIELD (ppm in gives ppm out; Hz or
-rad work the same). Radii are in mm (voxel size from the NIfTI affine). The output is 0
-outside the eroded mask (the mask eroded by the smallest radius), which --mask-out writes."""
+rad work the same). With --b0 the input is taken to be in Hz (as `qsmflow unwrap --echo-times`
+writes it) and the output is converted to ppm at that field strength. Radii are in mm (voxel
+size from the NIfTI affine). The output is 0 outside the eroded mask (the mask eroded by the
+smallest radius), which --mask-out writes."""
 
 
 def register(subparsers) -> None:
@@ -48,6 +52,12 @@ def register(subparsers) -> None:
         "accurate at the brain edge); largest: the classic V-SHARP, one deconvolution with the "
         "largest kernel (about half the FFTs)",
     )
+    p.add_argument(
+        "--b0",
+        type=float,
+        metavar="TESLA",
+        help="field strength in tesla: FIELD is in Hz and LOCAL is written in ppm",
+    )
     p.set_defaults(func=run)
 
 
@@ -70,12 +80,19 @@ def run(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         deconvolution=args.deconvolution,
     )
+    units = "same as the input field"
+    if args.b0 is not None:
+        from ..physics.units import hz_to_ppm
+
+        local = hz_to_ppm(local, args.b0).astype(np.float32)
+        units = "ppm"
     sidecar = {
         "Method": "SHARP" if len(set(radii)) == 1 else "V-SHARP",
         "RadiiMM": sorted(set(radii), reverse=True),
         "Threshold": args.threshold,
         "Deconvolution": args.deconvolution,
-        "Units": "same as the input field",
+        "Units": units,
+        "MagneticFieldStrength": args.b0,
     }
     save_volume(args.output, local, vol.affine, sidecar=sidecar)
     if args.mask_out:

@@ -58,6 +58,33 @@ def kspace_grid(
     return axes
 
 
+def _projection_squared(
+    ks: list[np.ndarray], b: np.ndarray, shape: Sequence[int]
+) -> np.ndarray:
+    """(k . b)^2, averaged over the two signs of every Nyquist frequency.
+
+    On an even axis the Nyquist index stands for both +1/(2 voxel) and -1/(2 voxel). With an
+    oblique B0 the two give different (k . b)^2, which makes the kernel non-Hermitian there
+    (a complex FFT then leaves an imaginary part that is thrown away, an rfft silently picks one
+    sign). Averaging drops the cross terms of the Nyquist components, so the kernel is real and
+    even, and full and rfft half spectra agree exactly.
+    """
+    regular = np.zeros((), dtype=np.float64)
+    nyquist = np.zeros((), dtype=np.float64)
+    for axis, (k, n, bi) in enumerate(zip(ks, shape, b, strict=True)):
+        term = k * bi
+        if n % 2 == 0:
+            is_nyq = np.zeros(k.shape, dtype=bool)
+            index = [0] * 3
+            index[axis] = k.size - 1 if k.size == n // 2 + 1 else n // 2
+            is_nyq[tuple(index)] = True
+            regular = regular + np.where(is_nyq, 0.0, term)
+            nyquist = nyquist + np.where(is_nyq, term, 0.0) ** 2
+        else:
+            regular = regular + term
+    return regular**2 + nyquist
+
+
 def dipole_kernel(
     shape: Sequence[int],
     voxel_size: Sequence[float] = (1.0, 1.0, 1.0),
@@ -85,10 +112,10 @@ def dipole_kernel(
     if len(shape) != 3:
         raise QSMInputError(f"dipole kernel needs a 3-D shape, got {tuple(shape)}")
     b = normalise_b0_dir(b0_dir)
-    k0, k1, k2 = kspace_grid(shape, voxel_size, half=half)
-    kb = k0 * b[0] + k1 * b[1] + k2 * b[2]
-    k2sum = k0**2 + k1**2 + k2**2
+    ks = kspace_grid(shape, voxel_size, half=half)
+    kb_sq = _projection_squared(ks, b, shape)
+    k2sum = ks[0] ** 2 + ks[1] ** 2 + ks[2] ** 2
     with np.errstate(invalid="ignore", divide="ignore"):
-        d = 1.0 / 3.0 - kb**2 / k2sum
+        d = 1.0 / 3.0 - kb_sq / k2sum
     d[0, 0, 0] = dc_value
     return d.astype(dtype, copy=False)
