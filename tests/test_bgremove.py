@@ -255,3 +255,15 @@ def test_cli_bgremove(tmp_path):
     )
     assert rc == 2
     assert not (tmp_path / "x.nii.gz").exists()
+
+
+def test_vsharp_skips_single_voxel_spheres_on_coarse_grids():
+    """At 2 mm voxels a 1 mm sphere is its centre voxel only (no filter): the default radii
+    leave it out (the eroded mask loses one 2 mm layer), an explicit 1 mm radius is an error."""
+    shape = (40, 40, 40)
+    mask = _ball(shape, (20, 20, 20), 14)
+    field = np.zeros(shape, np.float32)
+    _, eroded = vsharp(field, mask, (2, 2, 2))
+    np.testing.assert_array_equal(eroded, erode_mm(mask, 2.0, (2, 2, 2)))
+    with pytest.raises(QSMInputError, match="single voxel"):
+        vsharp(field, mask, (2, 2, 2), radii_mm=[4, 1])

@@ -223,7 +223,8 @@ def vsharp(
         it is an error).
     mask : (X, Y, Z) brain mask (bool or 0/1) on the field's grid.
     voxel_size : mm per array axis.
-    radii_mm : SMV radii in mm, any order; default 12, 11, ..., 1 (QSM.rs).
+    radii_mm : SMV radii in mm, any order; default 12, 11, ..., 1 (QSM.rs), leaving out radii
+        whose sphere is a single voxel (e.g. 1 mm at 2 mm voxels).
     threshold : deconvolution cut-off: 1/C is set to 0 where |C| = |1 - S| < threshold.
     pad : zero margin in voxels around the mask's bounding box (int or per axis); default and
         minimum r_max + 1 voxels, which keeps the periodic FFT from wrapping any sphere.
@@ -249,6 +250,17 @@ def vsharp(
     """
     radii = np.asarray(DEFAULT_RADII_MM if radii_mm is None else radii_mm, dtype=float)
     radii = np.unique(radii.reshape(-1))[::-1]
+    if np.all(np.isfinite(radii)) and np.all(radii > 0):
+        # A sphere holding only its centre voxel is no filter (S = 1, C = 0): the default radii
+        # skip such radii on coarse grids (12..2 mm at 2 mm voxels); given explicitly, error.
+        useful = np.array([sphere_voxel_count(r, voxel_size) > 1 for r in radii])
+        if radii_mm is None:
+            radii = radii[useful]
+        elif not useful.all():
+            raise QSMInputError(
+                f"SMV radii {radii[~useful].tolist()} mm are smaller than the voxel size "
+                f"{list(np.asarray(voxel_size, dtype=float))} mm: the sphere is a single voxel"
+            )
     if not (0 < threshold < 1):
         raise QSMInputError(f"SMV deconvolution threshold must lie in (0, 1), got {threshold!r}")
     if deconvolution not in ("largest", "per_radius"):
