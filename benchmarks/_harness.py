@@ -49,12 +49,21 @@ def measure(setup: Callable[[], Any], step: Callable[[Any], Any], repeats: int =
 
 def print_table(rows: list[dict], title: str) -> None:
     print(f"\n{title}")
-    header = f"{'step':<38} {'best [s]':>9} {'median [s]':>11} {'peak [MB]':>10} {'goal [s]':>9}  ok"
+    header = (
+        f"{'step':<38} {'best [s]':>9} {'median [s]':>11} {'peak [MB]':>10} {'goal [s]':>9}  ok"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
         goal = r.get("goal_s")
-        ok = "" if goal is None or r["best_s"] != r["best_s"] else ("yes" if r["best_s"] <= goal else "NO")
+        ok = (
+            ""
+            if goal is None or r["best_s"] != r["best_s"]
+            else ("yes" if r["best_s"] <= goal else "NO")
+        )
         goal_txt = f"{goal:9.2f}" if goal is not None else f"{'':>9}"
-        line = f"{r['name']:<38} {r['best_s']:9.3f} {r['median_s']:11.3f} {r['peak_mb']:10.0f} {goal_txt}  {ok}"
+        line = (
+            f"{r['name']:<38} {r['best_s']:9.3f} {r['median_s']:11.3f} {r['peak_mb']:10.0f} "
+            f"{goal_txt}  {ok}"
+        )
         print(line + (f"  ERROR {r['error']}" if r.get("error") else ""))
