@@ -108,7 +108,7 @@ def dipole_kernel(
     dc_value : D at k = 0; 0 (default) or 1/3 for the reference-compatible convention.
     half : return the rfft half-spectrum (last axis ``shape[-1] // 2 + 1``).
     dtype : float32 (default; computed in float32, relative error < 1e-6) or float64 (rounded
-        to float32 it reproduces the ISDU reference kernel to 1e-14).
+        to float32 it reproduces the ISDU reference kernel to 1e-12).
 
     Returns
     -------

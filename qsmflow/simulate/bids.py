@@ -271,6 +271,7 @@ class BIDSWriter:
             "NoiseSigma": data.noise_sigma,
             "SNR": data.snr,
             "DipoleKernelDC": data.dc_value,
+            "Supersampling": data.supersample,
             "Phantom": data.description,
             "RawFiles": [
                 f"sub-{subject}/anat/{prefix}_echo-{e + 1}_part-{p}_MEGRE.nii.gz"
@@ -288,7 +289,8 @@ class BIDSWriter:
                 **geometry,
                 "Units": "ppm",
                 "Description": "true magnetic susceptibility relative to water; 0 outside the "
-                "head (air inside the head +9.2, bone -2.1 ppm)",
+                "head (air inside the head +9.2, bone -2.1 ppm); mean over each voxel's "
+                "Supersampling^3 sub-voxels (partial volume)",
             },
         )
         self._nii(
@@ -322,8 +324,9 @@ class BIDSWriter:
             {
                 **geometry,
                 "Units": "ppm",
-                "Description": "true local field: forward field of chi inside the brain mask, "
-                "restricted to the brain mask",
+                "Description": "true local field: forward field of chi inside the brain "
+                "(on the supersampled grid), averaged over each voxel, restricted to the brain "
+                "mask",
             },
         )
         self._nii(
@@ -333,7 +336,8 @@ class BIDSWriter:
             {
                 **geometry,
                 "Units": "ppm",
-                "Description": "true total field of the whole head's chi, zero outside the head",
+                "Description": "true total field of the whole head's chi (on the supersampled "
+                "grid), averaged over each voxel, zero outside the head",
             },
         )
         self._nii(

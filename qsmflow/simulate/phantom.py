@@ -225,6 +225,14 @@ class _Grid:
             return None
         return tuple(slice(int(i), int(j)) for i, j in zip(a, b, strict=True))
 
+    def inside_ellipsoid(self, centre, semi) -> np.ndarray:
+        """Boolean map of the canonical ellipsoid, evaluated in its bounding box only."""
+        out = np.zeros(self.shape, dtype=bool)
+        blk = self.block(np.subtract(centre, semi), np.add(centre, semi))
+        if blk is not None:
+            out[blk] = _inside_ellipsoid(self.q[(slice(None), *blk)], centre, semi)
+        return out
+
 
 # --------------------------------------------------------------------------- procedural head
 
@@ -341,9 +349,28 @@ class BuiltinPhantom:
     texture: bool = False
     texture_level: float = 0.05
 
-    def realise(self, rotation=None) -> SimulatedHead:
-        """The phantom with the head rotated by ``rotation`` (canonical -> array frame)."""
-        return _build_phantom(self, _as_rotation(rotation))
+    def realise(self, rotation=None, *, supersample: int = 1) -> SimulatedHead:
+        """The phantom with the head rotated by ``rotation`` (canonical -> array frame).
+
+        ``supersample=s`` builds it on the grid ``s`` times finer (voxel ``voxel_size / s``,
+        shape ``s * shape``) with the same centre, so that :func:`block_average` of the result
+        lines up exactly with the target grid (see :func:`downsample_head`).
+        """
+        s = check_supersample(supersample)
+        rot = _as_rotation(rotation)
+        if s == 1:
+            return _build_phantom(self, rot)
+        vox, shape = self.grid()
+        fine = replace(self, voxel_size=tuple(vox / s), shape=tuple(s * n for n in shape))
+        return _build_phantom(fine, rot)
+
+    def grid(self) -> tuple[np.ndarray, tuple[int, int, int]]:
+        """Voxel size (mm) and shape of the target grid."""
+        vox = check_voxel_size(np.broadcast_to(np.asarray(self.voxel_size, dtype=float), (3,)))
+        shape = tuple(int(n) for n in self.shape) if self.shape is not None else default_shape(vox)
+        if len(shape) != 3 or min(shape) < 1:
+            raise QSMInputError(f"phantom shape must be three positive integers, got {shape}")
+        return vox, shape
 
 
 def make_phantom(
@@ -361,10 +388,7 @@ def make_phantom(
 
 
 def _build_phantom(src: BuiltinPhantom, rot: np.ndarray) -> SimulatedHead:
-    vox = check_voxel_size(np.broadcast_to(np.asarray(src.voxel_size, dtype=float), (3,)))
-    shape = tuple(int(n) for n in src.shape) if src.shape is not None else default_shape(vox)
-    if len(shape) != 3 or min(shape) < 1:
-        raise QSMInputError(f"phantom shape must be three positive integers, got {shape}")
+    vox, shape = src.grid()
     ss = np.random.SeedSequence([int(src.seed), 0x51A])
     rng = np.random.default_rng(ss)
     seeds = rng.integers(0, 2**31, size=8)
@@ -388,8 +412,8 @@ def _build_phantom(src: BuiltinPhantom, rot: np.ndarray) -> SimulatedHead:
     del sd_stem
 
     labels = np.zeros(shape, np.uint8)
-    head = (sd_brain <= _CSF_MM + _SKULL_MM + _SCALP_MM) | _inside_ellipsoid(q, *_LOWER_HEAD)
-    brow = _inside_ellipsoid(q, *_BROW) & (sd_brain > _CSF_MM)
+    head = (sd_brain <= _CSF_MM + _SKULL_MM + _SCALP_MM) | g.inside_ellipsoid(*_LOWER_HEAD)
+    brow = g.inside_ellipsoid(*_BROW) & (sd_brain > _CSF_MM)
     head |= brow
     labels[head] = LABEL["muscle"]
     labels[(sd_brain > _CSF_MM) & (sd_brain <= _CSF_MM + _SKULL_MM)] = LABEL["bone"]
@@ -430,9 +454,9 @@ def _build_phantom(src: BuiltinPhantom, rot: np.ndarray) -> SimulatedHead:
     labels[fissure] = LABEL["csf"]
 
     # cerebellum: grey matter with a white-matter core
-    cb = _inside_ellipsoid(q, *_CEREBELLUM) & brain & (sd_ell <= 0)
+    cb = g.inside_ellipsoid(*_CEREBELLUM) & brain & (sd_ell <= 0)
     labels[cb] = LABEL["grey_matter"]
-    labels[cb & _inside_ellipsoid(q, _CEREBELLUM[0], np.multiply(_CEREBELLUM[1], 0.5))] = LABEL[
+    labels[cb & g.inside_ellipsoid(_CEREBELLUM[0], np.multiply(_CEREBELLUM[1], 0.5))] = LABEL[
         "white_matter"
     ]
 
@@ -542,9 +566,16 @@ class HeadModelSource:
     texture_level: float = 0.05
     chiref: Sequence[float] | None = None
 
-    def realise(self, rotation=None) -> SimulatedHead:
+    def realise(self, rotation=None, *, supersample: int = 1) -> SimulatedHead:
+        """The head model with the head rotated by ``rotation`` (canonical -> array frame).
+
+        ``supersample=s`` resamples it onto the grid ``s`` times finer (voxel
+        ``voxel_size / s``, shape exactly ``s`` times the target shape, same centre), so that
+        :func:`block_average` of the result lines up exactly with the target grid.
+        """
         from .head_model import default_head_model_dir
 
+        s = check_supersample(supersample)
         rot = _as_rotation(rotation)
         d = Path(self.directory) if self.directory is not None else default_head_model_dir()
         labels0, brain0, chiref0 = _native_head(str(d))
@@ -556,7 +587,9 @@ class HeadModelSource:
         vox = check_voxel_size(np.broadcast_to(np.asarray(self.voxel_size, dtype=float), (3,)))
         n_in = np.asarray(labels0.shape)
         pad = np.ceil(self.margin_mm / vox).astype(int)
-        shape = tuple(int(n) for n in np.round(n_in * NATIVE_VOXEL_MM / vox).astype(int) + 2 * pad)
+        shape = np.round(n_in * NATIVE_VOXEL_MM / vox).astype(int) + 2 * pad
+        shape = tuple(int(s * n) for n in shape)
+        vox = vox / s
         c_in = (n_in - 1) / 2.0
         c_out = (np.asarray(shape) - 1) / 2.0
         # native index = (R^T V (o - c_out)) / 0.64 + c_in
@@ -631,3 +664,101 @@ def rotate_model(model: HeadModel, rotation, *, order: int = 1) -> SimulatedHead
     if isinstance(model, SimulatedHead):
         return replace(model, **base, rotation=rot @ prev, tissue_texture=tex)
     return SimulatedHead(**base, rotation=rot @ prev)
+
+
+# --------------------------------------------------------------------------- supersampling
+
+
+def check_supersample(supersample) -> int:
+    """``supersample`` as an int >= 1 (refuses fractions, booleans and non-numbers)."""
+    if isinstance(supersample, bool) or not isinstance(supersample, int | np.integer):
+        raise QSMInputError(f"supersample must be an integer >= 1, got {supersample!r}")
+    if not 1 <= supersample <= 8:
+        raise QSMInputError(f"supersample must be 1-8, got {supersample}")
+    return int(supersample)
+
+
+def _blocks(a: np.ndarray, s: int) -> np.ndarray:
+    """View (X, Y, Z, s, s, s) of ``a`` (shape (s X, s Y, s Z)): the sub-voxels of each voxel."""
+    x, y, z = (n // s for n in a.shape)
+    if a.shape != (s * x, s * y, s * z):
+        raise QSMInputError(f"shape {a.shape} is not a multiple of the supersampling factor {s}")
+    return a.reshape(x, s, y, s, z, s).transpose(0, 2, 4, 1, 3, 5)
+
+
+def block_average(a: np.ndarray, s: int) -> np.ndarray:
+    """Mean over ``s x s x s`` blocks: the value of each voxel of the ``s`` times coarser grid.
+
+    With both grids centred alike (voxel ``(shape - 1) / 2`` at the same point) the fine voxels
+    ``s i .. s i + s - 1`` are exactly the sub-voxels of coarse voxel ``i``.
+    """
+    a = np.asarray(a)
+    if s == 1:
+        return a
+    _blocks(a, s)  # checks the shape
+    out = a if a.dtype.kind in "fc" else a.astype(np.float32)
+    for axis in range(3):  # strided sums along one axis at a time (fast, keeps float32)
+        parts = [
+            out[tuple(slice(k, None, s) if i == axis else slice(None) for i in range(3))]
+            for k in range(s)
+        ]
+        acc = parts[0].copy()
+        for p in parts[1:]:
+            acc += p
+        out = acc
+    out *= out.dtype.type(1.0 / s**3)
+    return out
+
+
+def block_labels(labels: np.ndarray, s: int) -> np.ndarray:
+    """Label of each coarse voxel: the most frequent label of its head sub-voxels (label 0 only
+    when all sub-voxels are outside the head, so ``labels > 0`` marks every voxel with signal).
+    Ties go to the sub-voxel that comes first in array order."""
+    labels = np.asarray(labels)
+    if s == 1:
+        return labels
+    b = _blocks(labels, s).reshape(*(n // s for n in labels.shape), s**3)
+    counts = np.zeros(b.shape, dtype=np.uint16)
+    for j in range(s**3):
+        counts += b == b[..., j : j + 1]
+    counts[b == 0] = 0
+    idx = np.argmax(counts, axis=-1)
+    return np.take_along_axis(b, idx[..., None], axis=-1)[..., 0]
+
+
+def upsample_head(model: HeadModel, s: int) -> SimulatedHead:
+    """Nearest-neighbour upsampling by ``s`` (each voxel becomes ``s^3`` equal sub-voxels of
+    ``voxel_size / s``): the piecewise-constant 'voxel = box' reading of a resampled model."""
+    s = check_supersample(s)
+
+    def rep(a):
+        return None if a is None else np.repeat(np.repeat(np.repeat(a, s, 0), s, 1), s, 2)
+
+    base = dict(
+        chi=rep(np.asarray(model.chi, dtype=np.float32)),
+        labels=rep(np.asarray(model.labels, dtype=np.uint8)),
+        brain_mask=rep(np.asarray(model.brain_mask, dtype=bool)),
+        voxel_size=tuple(float(v) / s for v in model.voxel_size),
+        chiref=np.asarray(model.chiref, dtype=np.float64),
+    )
+    if isinstance(model, SimulatedHead):
+        return replace(model, **base, tissue_texture=rep(model.tissue_texture))
+    return SimulatedHead(**base)
+
+
+def downsample_head(model: SimulatedHead, s: int) -> SimulatedHead:
+    """The head on the ``s`` times coarser grid: chi and tissue texture block-averaged (partial
+    volume), labels by :func:`block_labels`, brain mask where at least half the sub-voxels are
+    brain."""
+    s = check_supersample(s)
+    if s == 1:
+        return model
+    tex = model.tissue_texture
+    return replace(
+        model,
+        chi=block_average(model.chi, s).astype(np.float32),
+        labels=block_labels(model.labels, s).astype(np.uint8),
+        brain_mask=block_average(model.brain_mask.astype(np.float32), s) >= 0.5,
+        voxel_size=tuple(float(v) * s for v in model.voxel_size),
+        tissue_texture=None if tex is None else block_average(tex, s).astype(np.float32),
+    )
