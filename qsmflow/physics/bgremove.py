@@ -286,7 +286,7 @@ def vsharp(
         if not take.any():
             continue
         s_hat = smv_kernel(shape, vox, r, dtype=dtype)
-        if inverse is None:
+        if inverse is None and deconvolution == "largest":
             inverse = _truncated_inverse(s_hat, threshold)
         np.multiply(f_hat, 1 - s_hat, out=spectrum)
         high = _fft.irfftn(spectrum, shape)  # f - s_r * f
