@@ -16,16 +16,9 @@ from qsmflow.physics import units
 from qsmflow.physics.bgremove import vsharp
 from qsmflow.physics.forward import forward_field
 from qsmflow.physics.geometry import b0_dir_from_affine, rotation_angle_deg, rotation_matrix
-from qsmflow.physics.kernel import dipole_kernel
 from qsmflow.physics.masks import erode_mm
 from qsmflow.simulate.bids import BIDSWriter
-from qsmflow.simulate.gre import (
-    _dipole_kernel_half,
-    _fields,
-    head_rotations,
-    rotation_to_z,
-    simulate_gre,
-)
+from qsmflow.simulate.gre import _fields, head_rotations, rotation_to_z, simulate_gre
 from qsmflow.simulate.head_model import LABEL_NAMES
 from qsmflow.simulate.phantom import (
     CHIREF,
@@ -346,16 +339,6 @@ def test_supersampling_helpers():
         simulate_gre(BuiltinPhantom(4.0), supersample=0)
     up = upsample_head(make_phantom(4.0, shape=(6, 5, 4)), 3)
     assert up.chi.shape == (18, 15, 12) and up.voxel_size == (4 / 3,) * 3
-
-
-@pytest.mark.parametrize("shape", [(16, 21, 14), (17, 20, 13), (12, 12, 12)])
-def test_fast_kernel_equals_dipole_kernel(shape):
-    b = np.array([0.2, -0.5, 0.8])
-    for dc in (0.0, 1 / 3):
-        want = dipole_kernel(shape, (0.7, 1.0, 1.3), b, dc_value=dc, half=True)
-        got = _dipole_kernel_half(shape, (0.7, 1.0, 1.3), b, dc)
-        assert got.dtype == np.float32 and got.shape == want.shape
-        assert np.abs(got - want).max() < 1e-6
 
 
 @pytest.mark.parametrize("s", [1, 2, 3])

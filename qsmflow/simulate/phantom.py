@@ -15,6 +15,13 @@ phantom analytically, the head model from its native 0.64 mm segmentation), so a
 orientation is not blurred by an extra interpolation of the reference one.
 :func:`rotate_model` resamples any :class:`HeadModel` (linear for chi, nearest for labels).
 
+Both sources also realise the head on a grid ``s`` times finer than their target grid
+(``realise(rotation, supersample=s)``: voxel ``voxel_size / s``, shape exactly ``s`` times the
+target shape, same centre), whose ``s^3`` blocks are the target voxels; the simulation computes
+fields and signal there (:mod:`qsmflow.simulate.gre`, "Supersampling") and brings the truth
+back with :func:`downsample_head` (:func:`block_average`, :func:`block_labels`).
+:func:`upsample_head` reads an already resampled model as uniform voxels on such a grid.
+
 Susceptibility values are the QSM Challenge 2.0 ``chiref`` values (ppm, relative to water; the
 same numbering as :data:`qsmflow.simulate.head_model.LABEL_NAMES`). Outside the head chi = 0
 (label 0); air *inside* the head (sinuses, mastoid cells) has chi = +9.2 ppm and bone -2.1 ppm.
