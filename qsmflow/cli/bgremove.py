@@ -65,18 +65,21 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..io.nifti import load_volume, save_volume
-    from ..physics.bgremove import DEFAULT_RADII_MM, vsharp
+    from ..physics.bgremove import DEFAULT_RADII_MM, sphere_voxel_count, vsharp
     from ..physics.validation import check_same_grid
 
     vol = load_volume(args.field, ndim=3)
     mvol = load_volume(args.mask, ndim=3)
     check_same_grid(mvol.data.shape, vol.data.shape, "mask vs field", mvol.path)
-    radii = list(DEFAULT_RADII_MM if args.radii is None else args.radii)
+    if args.radii is None:  # the defaults less single-voxel spheres (as vsharp does)
+        radii = [r for r in DEFAULT_RADII_MM if sphere_voxel_count(r, vol.voxel_size) > 1]
+    else:
+        radii = list(args.radii)
     local, eroded = vsharp(
         vol.data,
         mvol.data,
         vol.voxel_size,
-        radii_mm=radii,
+        radii_mm=None if args.radii is None else radii,
         threshold=args.threshold,
         deconvolution=args.deconvolution,
     )

@@ -259,7 +259,7 @@ def vsharp(
         elif not useful.all():
             raise QSMInputError(
                 f"SMV radii {radii[~useful].tolist()} mm are smaller than the voxel size "
-                f"{list(np.asarray(voxel_size, dtype=float))} mm: the sphere is a single voxel"
+                f"{[round(float(v), 4) for v in voxel_size]} mm: the sphere is a single voxel"
             )
     if not (0 < threshold < 1):
         raise QSMInputError(f"SMV deconvolution threshold must lie in (0, 1), got {threshold!r}")
