@@ -15,6 +15,16 @@ import numpy as np
 from ..errors import QSMInputError
 
 
+def check_affine(affine, name: str = "affine") -> np.ndarray:
+    """Return ``affine`` as a float64 4x4 array; raise if it is not finite 4x4 or is singular."""
+    a = np.asarray(affine, dtype=np.float64)
+    if a.shape != (4, 4) or not np.all(np.isfinite(a)):
+        raise QSMInputError(f"expected a finite 4x4 matrix, got shape {a.shape}", name)
+    if abs(np.linalg.det(a[:3, :3])) < 1e-12:
+        raise QSMInputError("matrix is singular", name)
+    return a
+
+
 def voxel_size_from_affine(affine: np.ndarray) -> np.ndarray:
     """Voxel edge lengths (mm) = column norms of the affine's 3x3 part."""
     m = np.asarray(affine, dtype=np.float64)[:3, :3]

@@ -32,15 +32,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..errors import QSMInputError
-
-
-def _affine(a, name: str) -> np.ndarray:
-    m = np.asarray(a, dtype=np.float64)
-    if m.shape != (4, 4) or not np.all(np.isfinite(m)):
-        raise QSMInputError(f"expected a finite 4x4 matrix, got shape {m.shape}", name)
-    if abs(np.linalg.det(m[:3, :3])) < 1e-12:
-        raise QSMInputError("matrix is singular", name)
-    return m
+from ..physics.geometry import check_affine
 
 
 def fsl_voxel_to_scaled(shape: Sequence[int], affine: np.ndarray) -> np.ndarray:
@@ -49,7 +41,7 @@ def fsl_voxel_to_scaled(shape: Sequence[int], affine: np.ndarray) -> np.ndarray:
     ``S = diag(dx, dy, dz, 1)`` and, when ``det(affine[:3, :3]) > 0``, x is flipped:
     ``x = (Nx - 1 - i) dx``.  Voxel sizes (mm) are the column norms of ``affine[:3, :3]``.
     """
-    a = _affine(affine, "affine")
+    a = check_affine(affine, "affine")
     shp = tuple(int(s) for s in shape)
     if len(shp) < 3 or min(shp[:3]) < 1:
         raise QSMInputError(f"shape must have 3 positive spatial sizes, got {shape}", "shape")
@@ -74,9 +66,9 @@ def flirt_to_world(
 
     ``W = A_ref S_ref^-1 M S_src A_src^-1`` (all 4x4; mm).
     """
-    m = _affine(flirt_mat, "flirt_mat")
-    a_src = _affine(source_affine, "source_affine")
-    a_ref = _affine(reference_affine, "reference_affine")
+    m = check_affine(flirt_mat, "flirt_mat")
+    a_src = check_affine(source_affine, "source_affine")
+    a_ref = check_affine(reference_affine, "reference_affine")
     s_src = fsl_voxel_to_scaled(source_shape, a_src)
     s_ref = fsl_voxel_to_scaled(reference_shape, a_ref)
     return a_ref @ np.linalg.inv(s_ref) @ m @ s_src @ np.linalg.inv(a_src)
@@ -93,9 +85,9 @@ def world_to_flirt(
 
     ``M = S_ref A_ref^-1 W A_src S_src^-1``.
     """
-    w = _affine(world, "world")
-    a_src = _affine(source_affine, "source_affine")
-    a_ref = _affine(reference_affine, "reference_affine")
+    w = check_affine(world, "world")
+    a_src = check_affine(source_affine, "source_affine")
+    a_ref = check_affine(reference_affine, "reference_affine")
     s_src = fsl_voxel_to_scaled(source_shape, a_src)
     s_ref = fsl_voxel_to_scaled(reference_shape, a_ref)
     return s_ref @ np.linalg.inv(a_ref) @ w @ a_src @ np.linalg.inv(s_src)
@@ -111,5 +103,5 @@ def read_flirt_mat(path) -> np.ndarray:
 
 def write_flirt_mat(path, mat: np.ndarray) -> None:
     """Write a 4x4 matrix in FLIRT's ``.mat`` text format."""
-    m = _affine(mat, str(path))
+    m = check_affine(mat, str(path))
     np.savetxt(path, m, fmt="%.10f", delimiter="  ")

@@ -28,18 +28,9 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import QSMInputError
-from ..physics.geometry import rotation_angle_deg, rotation_from_affine
+from ..physics.geometry import check_affine, rotation_angle_deg, rotation_from_affine
 
 LPS = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS <-> LPS (its own inverse), homogeneous
-
-
-def _check_affine(affine, name: str) -> np.ndarray:
-    a = np.asarray(affine, dtype=np.float64)
-    if a.shape != (4, 4) or not np.all(np.isfinite(a)):
-        raise QSMInputError(f"affine must be a finite 4x4 matrix, got shape {a.shape}", name)
-    if abs(np.linalg.det(a[:3, :3])) < 1e-12:
-        raise QSMInputError("affine is singular", name)
-    return a
 
 
 def _check_volume(array, name: str) -> np.ndarray:
@@ -72,7 +63,7 @@ def array_to_sitk(array: np.ndarray, affine: np.ndarray, name: str = "image"):
     ``F @ (A @ [i, j, k, 1])`` with ``F = diag(-1, -1, 1)``.  Sheared affines are rejected.
     """
     sitk = _sitk()
-    a = _check_affine(affine, name)
+    a = check_affine(affine, name)
     rot = rotation_from_affine(a, name)  # orthonormal, may have det -1
     spacing = np.linalg.norm(a[:3, :3], axis=0)
     img = sitk.GetImageFromArray(
@@ -162,8 +153,8 @@ def voxel_map(moving_affine, reference_affine, transform) -> np.ndarray:
     ``v_moving = A_moving^-1 @ T @ A_reference @ v_reference`` with ``T`` = reference->moving
     world.
     """
-    am = _check_affine(moving_affine, "moving_affine")
-    ar = _check_affine(reference_affine, "reference_affine")
+    am = check_affine(moving_affine, "moving_affine")
+    ar = check_affine(reference_affine, "reference_affine")
     return np.linalg.inv(am) @ _check_transform(transform) @ ar
 
 
@@ -249,9 +240,9 @@ def b0_to_reference(
     nb = np.linalg.norm(b)
     if not np.isfinite(nb) or nb < 1e-12:
         raise QSMInputError(f"B0 direction must be a non-zero 3-vector, got {b0_moving}", "b0")
-    rm = rotation_from_affine(_check_affine(moving_affine, "moving_affine"), "moving_affine")
+    rm = rotation_from_affine(check_affine(moving_affine, "moving_affine"), "moving_affine")
     rr = rotation_from_affine(
-        _check_affine(reference_affine, "reference_affine"), "reference_affine"
+        check_affine(reference_affine, "reference_affine"), "reference_affine"
     )
     q = _check_transform(transform)[:3, :3]
     out = rr.T @ q.T @ rm @ (b / nb)
@@ -316,8 +307,8 @@ def register_rigid(
     sitk = _sitk()
     mov = _check_volume(moving, "moving")
     ref = _check_volume(reference, "reference")
-    am = _check_affine(moving_affine, "moving_affine")
-    ar = _check_affine(reference_affine, "reference_affine")
+    am = check_affine(moving_affine, "moving_affine")
+    ar = check_affine(reference_affine, "reference_affine")
     if len(shrink_factors) != len(smoothing_sigmas_mm) or len(shrink_factors) == 0:
         raise QSMInputError(
             "shrink_factors and smoothing_sigmas_mm must be equally long, >= 1 level"
