@@ -16,7 +16,18 @@ from .. import __version__
 from ..errors import QSMInputError
 
 #: Subcommand modules, in the order ``--help`` lists them.
-SUBCOMMANDS = ("simulate", "unwrap", "bgremove", "invert", "cosmos", "evaluate", "demo")
+SUBCOMMANDS = (
+    "run",
+    "simulate",
+    "mask",
+    "register",
+    "unwrap",
+    "bgremove",
+    "invert",
+    "cosmos",
+    "evaluate",
+    "demo",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

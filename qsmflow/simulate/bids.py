@@ -7,7 +7,8 @@ Layout (``[_acq-<label>]`` only when a subject has several head orientations)::
       sub-01/anat/sub-01[_acq-ori1]_echo-1_part-mag_MEGRE.nii.gz (+ .json)
       sub-01/anat/sub-01[_acq-ori1]_echo-1_part-phase_MEGRE.nii.gz (+ .json, "Units": "rad")
       derivatives/qsmflow-simulation/
-        dataset_description.json (DatasetType "derivative", GeneratedBy qsmflow)
+        dataset_description.json (DatasetType "derivative", GeneratedBy qsmflow), README
+        .bidsignore               simulation.json and *_fieldmap.* (see below)
         dseg.tsv                  label index -> name
         simulation.json           parameters and the list of files written (the manifest)
         sub-01/anat/sub-01[_acq-ori1]_Chimap.nii.gz            chi, ppm
@@ -24,6 +25,14 @@ tesla, EchoNumber, ...); the geometry truth of each orientation is in the deriva
 ``p_ref = M @ p`` for points p in mm about the array centre ``RotationCentreVoxel``; this is what
 registration to the reference orientation must find), ``B0DirectionReference`` (``M @ b``, the
 B0 direction to use for this orientation in COSMOS in the reference frame).
+
+BIDS validity: the raw dataset passes ``bids-validator`` without errors. The derivative passes
+too when validated as a dataset of its own (``bids-validator derivatives/qsmflow-simulation``),
+with its ``.bidsignore`` hiding the two kinds of file BIDS has no name for: the manifest
+``simulation.json`` and the true field maps in ppm (BIDS ``fieldmap`` files belong in ``fmap/``
+with a magnitude image and Hz/rad/s/T units). Image derivatives carry the required
+``SkullStripped`` (true only for the local field, which is zero outside the brain); the head
+mask is ``"Type": "ROI"`` (BIDS mask types are Brain, Lesion, Face and ROI).
 
 All files are written atomically. The writer refuses a non-empty folder that is not a BIDS
 dataset, and a BIDS dataset it did not create unless ``force=True``; rewriting an earlier
@@ -187,6 +196,16 @@ class BIDSWriter:
                 "GeneratedBy": [{**gen, "Name": DERIVATIVE_NAME}],
             },
         )
+        _write_text(
+            self.deriv / "README",
+            f"{name}: ground truth of the simulation (qsmflow {__version__}). Susceptibility "
+            "(Chimap) and true local/total fields in ppm, tissue labels (dseg.tsv), brain and "
+            "head masks, R2* (1/s) and M0; each sidecar holds the orientation's geometry. "
+            "simulation.json lists the parameters and every file written.\n",
+        )
+        self.files.append(self.deriv / "README")
+        _write_text(self.deriv / ".bidsignore", "simulation.json\n*_fieldmap.*\n")
+        self.files.append(self.deriv / ".bidsignore")
         rows = ["index\tname"] + [f"{k}\t{v}" for k, v in sorted(LABEL_NAMES.items())]
         _write_text(self.deriv / "dseg.tsv", "\n".join(rows) + "\n")
         self.files.append(self.deriv / "dseg.tsv")
@@ -288,6 +307,7 @@ class BIDSWriter:
             {
                 **geometry,
                 "Units": "ppm",
+                "SkullStripped": False,
                 "Description": "true magnetic susceptibility relative to water; 0 outside the "
                 "head (air inside the head +9.2, bone -2.1 ppm); mean over each voxel's "
                 "Supersampling^3 sub-voxels (partial volume)",
@@ -304,7 +324,7 @@ class BIDSWriter:
             d_anat / f"{prefix}_desc-head_mask.nii.gz",
             data.head_mask,
             a,
-            {**geometry, "Type": "Head", "Description": "voxels inside the head"},
+            {**geometry, "Type": "ROI", "Description": "voxels inside the head"},
             dtype=np.uint8,
         )
         self._nii(
@@ -324,6 +344,7 @@ class BIDSWriter:
             {
                 **geometry,
                 "Units": "ppm",
+                "SkullStripped": True,
                 "Description": "true local field: forward field of chi inside the brain "
                 "(on the supersampled grid), averaged over each voxel, restricted to the brain "
                 "mask",
@@ -336,6 +357,7 @@ class BIDSWriter:
             {
                 **geometry,
                 "Units": "ppm",
+                "SkullStripped": False,
                 "Description": "true total field of the whole head's chi (on the supersampled "
                 "grid), averaged over each voxel, zero outside the head",
             },
@@ -344,13 +366,23 @@ class BIDSWriter:
             d_anat / f"{prefix}_R2starmap.nii.gz",
             data.r2star,
             a,
-            {**geometry, "Units": "1/s", "Description": "R2* used in the simulation"},
+            {
+                **geometry,
+                "Units": "1/s",
+                "SkullStripped": False,
+                "Description": "R2* used in the simulation",
+            },
         )
         self._nii(
             d_anat / f"{prefix}_M0map.nii.gz",
             data.m0,
             a,
-            {**geometry, "Units": "arbitrary", "Description": "M0 used in the simulation"},
+            {
+                **geometry,
+                "Units": "arbitrary",
+                "SkullStripped": False,
+                "Description": "M0 used in the simulation",
+            },
         )
         return self.files[n0:]
 

@@ -1,0 +1,74 @@
+"""The derivatives dataset's top-level files: ``dataset_description.json``, ``.bidsignore``."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import QSMInputError
+from .nifti import write_json
+
+#: Paths inside the derivatives folder that are not BIDS files (logs, Nipype cache, patches).
+BIDSIGNORE = ("logs/", "work/", "*_patches/")
+
+
+def check_output_dir(path: str | os.PathLike) -> Path:
+    """Create ``path`` if needed and check that it is a writable folder (error names it)."""
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise QSMInputError(f"cannot create the output directory ({exc.strerror})", str(p)) from exc
+    if not p.is_dir():
+        raise QSMInputError("output path exists and is not a directory", str(p))
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise QSMInputError("output directory is not writable", str(p))
+    return p
+
+
+def dataset_description(bids_dir: str | os.PathLike, pipeline: str) -> dict[str, Any]:
+    from .. import __version__
+
+    return {
+        "Name": f"qsmflow {pipeline} derivatives",
+        "BIDSVersion": "1.10.0",
+        "DatasetType": "derivative",
+        "GeneratedBy": [
+            {
+                "Name": "qsmflow",
+                "Version": __version__,
+                "Description": f"pipeline {pipeline}: multi-echo GRE -> local field -> QSM",
+            }
+        ],
+        "SourceDatasets": [{"URL": "bids:raw:"}],
+        "DatasetLinks": {"raw": Path(bids_dir).resolve().as_uri()},
+    }
+
+
+def write_dataset_files(output_dir: str | os.PathLike, bids_dir: str | os.PathLike, pipeline: str):
+    """Write ``dataset_description.json`` (keeping an existing one from qsmflow) and
+    ``.bidsignore``; an existing description from another tool is an error."""
+    out = Path(output_dir)
+    desc_file = out / "dataset_description.json"
+    if desc_file.exists():
+        try:
+            old = json.loads(desc_file.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            msg = f"unreadable dataset_description.json ({exc})"
+            raise QSMInputError(msg, str(desc_file)) from exc
+        names = [g.get("Name") for g in old.get("GeneratedBy", []) if isinstance(g, dict)]
+        if "qsmflow" not in names:
+            raise QSMInputError(
+                "the output folder holds another tool's derivatives; choose another folder",
+                str(desc_file),
+            )
+    write_json(desc_file, dataset_description(bids_dir, pipeline))
+    ignore = out / ".bidsignore"
+    lines = ignore.read_text().splitlines() if ignore.exists() else []
+    missing = [e for e in BIDSIGNORE if e not in lines]
+    if missing:
+        tmp = ignore.with_name(".bidsignore.tmp")
+        tmp.write_text("\n".join([*lines, *missing]) + "\n")
+        os.replace(tmp, ignore)

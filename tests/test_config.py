@@ -1,0 +1,68 @@
+"""Settings presets: parsing, validation, and every preset in workflows/ dry-run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from qsmflow.config import PipelineConfig, config_from_dict, load_config
+from qsmflow.errors import QSMInputError
+
+REPO = Path(__file__).resolve().parents[1]
+PRESETS = sorted((REPO / "workflows").glob("*.toml"))
+
+
+def test_defaults_are_valid():
+    cfg = PipelineConfig().validate()
+    assert cfg.pipeline == "qsm" and cfg.masking.backend == "auto"
+    assert cfg.training.patch_size == 64 and cfg.training.stride == 32
+    assert cfg.cosmos.method == "lsq" and cfg.inversion.methods == ["tkd"]
+
+
+def test_nested_values_and_unknown_keys(tmp_path):
+    cfg = config_from_dict({"pipeline": "cosmos", "cosmos": {"lam": 0.01, "method": "closed"}})
+    assert cfg.pipeline == "cosmos" and cfg.cosmos.lam == 0.01 and cfg.cosmos.method == "closed"
+    with pytest.raises(QSMInputError, match="unknown setting cosmos.'lamda'"):
+        config_from_dict({"cosmos": {"lamda": 0.01}})
+    with pytest.raises(QSMInputError, match="pipeline = 'cosmo'"):
+        config_from_dict({"pipeline": "cosmo"})
+    with pytest.raises(QSMInputError, match="unknown inversion method 'tdk'"):
+        config_from_dict({"inversion": {"methods": ["tdk"]}})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("pipeline = \n")
+    with pytest.raises(QSMInputError, match=r"bad\.toml: not valid TOML"):
+        load_config(bad)
+    with pytest.raises(QSMInputError, match="config file not found"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_presets_exist():
+    names = {p.stem for p in PRESETS}
+    assert {"qsm", "cosmos", "training-data", "cosmos-slurm", "cosmos-multiproc"} <= names
+
+
+@pytest.fixture(scope="module")
+def tiny_bids(tmp_path_factory):
+    from qsmflow.cli.main import main
+
+    root = tmp_path_factory.mktemp("presets") / "bids"
+    argv = ["simulate", str(root), "--voxel-size", "4", "--orientations", "2", "--snr", "inf"]
+    assert main(argv) == 0
+    return root
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])
+def test_preset_loads_and_dry_runs(preset, tiny_bids, tmp_path, capsys):
+    from qsmflow.cli.main import main
+
+    cfg = load_config(preset)
+    out = tmp_path / "out"
+    argv = ["run", str(tiny_bids), str(out), "participant", "--config", str(preset)]
+    rc = main([*argv, "--dry-run"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert f"pipeline {cfg.pipeline}" in text and "dry run: nothing computed" in text
+    n_nodes = int(text.split(" nodes")[0].rsplit(", ", 1)[1])
+    assert n_nodes >= (10 if cfg.pipeline == "qsm" else 30)
+    assert not (out / "dataset_description.json").exists()  # a dry run writes no derivative
