@@ -31,7 +31,7 @@ from .errors import QSMInputError
 
 PIPELINES = ("qsm", "cosmos", "training-data")
 BACKENDS = ("auto", "fsl", "python")
-UNWRAPPING = ("laplacian", "lsq", "temporal")
+UNWRAPPING = ("auto", "laplacian", "lsq", "temporal")
 INVERSIONS = ("tkd", "tsvd", "cfl2", "ndi", "star")
 
 
@@ -48,7 +48,9 @@ class FieldConfig:
     """Multi-echo phase -> field map (Hz)."""
 
     phase_units: str = "auto"  #: auto, rad, siemens, siemens-raw
-    unwrapping: str = "laplacian"  #: laplacian, lsq or temporal (see qsmflow.physics.multiecho)
+    #: auto (temporal with >= 2 echoes, else laplacian), laplacian, lsq or temporal
+    #: (see qsmflow.physics.multiecho.multiecho_field)
+    unwrapping: str = "auto"
 
 
 @dataclass

@@ -179,6 +179,7 @@ def run(args: argparse.Namespace) -> int:
     bids_dir = Path(args.bids_dir).resolve()
     if not bids_dir.is_dir():
         raise QSMInputError("BIDS folder not found", str(bids_dir))
+    out = check_output_dir(args.output_dir).resolve()  # fail before the (slow) validation
     subjects, problems = validate_dataset(
         bids_dir,
         participant_label=args.participant_label,
@@ -195,9 +196,7 @@ def run(args: argparse.Namespace) -> int:
         )
     skipped = sorted({p.subject for p in problems if getattr(p, "subject", None)})
 
-    out = check_output_dir(args.output_dir).resolve()
     work = Path(args.work_dir).resolve() if args.work_dir else out / "work"
-    check_output_dir(work)
     wf = init_qsmflow_wf(subjects=subjects, config=cfg, bids_dir=bids_dir, output_dir=out)
     wf.base_dir = str(work)
     nodes = wf.list_node_names()
@@ -217,6 +216,7 @@ def run(args: argparse.Namespace) -> int:
         print("dry run: nothing computed")
         return 0
 
+    check_output_dir(work)
     write_dataset_files(out, bids_dir, cfg.pipeline)
     logs = out / "logs"
     logs.mkdir(exist_ok=True)

@@ -109,6 +109,9 @@ class _DerivativesDataSinkInputSpec(BaseInterfaceInputSpec):
     source_files = InputMultiObject(traits.Str, desc="inputs this derivative came from")
     bids_root = traits.Str(desc="raw BIDS root, for bids:raw: URIs in Sources")
     meta_dict = traits.Dict(traits.Str, traits.Any, desc="extra sidecar fields")
+    skull_stripped = traits.Bool(
+        True, usedefault=True, desc="SkullStripped of image sidecars (our maps are 0 outside)"
+    )
 
 
 class _DerivativesDataSinkOutputSpec(TraitedSpec):
@@ -142,6 +145,8 @@ class DerivativesDataSink(SimpleInterface):
             meta.update(json.loads(own.read_text()))
         if isdefined(self.inputs.meta_dict):
             meta.update(self.inputs.meta_dict)
+        if ext in (".nii", ".nii.gz"):
+            meta.setdefault("SkullStripped", bool(self.inputs.skull_stripped))
         if isdefined(self.inputs.source_files):
             root = self.inputs.bids_root if isdefined(self.inputs.bids_root) else None
             meta["Sources"] = [bids_uri(s, root) for s in self.inputs.source_files]

@@ -10,8 +10,28 @@ from typing import Any
 from ..errors import QSMInputError
 from .nifti import write_json
 
-#: Paths inside the derivatives folder that are not BIDS files (logs, Nipype cache, patches).
-BIDSIGNORE = ("logs/", "work/", "*_patches/")
+#: Paths inside the derivatives folder that BIDS has no name for: logs, the Nipype cache,
+#: patch sets, rigid transforms in text/FLIRT form, and field maps stored next to the anatomy
+#: (BIDS ``fieldmap`` files belong in ``fmap/`` with a magnitude image and Hz/rad/s/T units; a
+#: local field in ppm has no BIDS suffix). pybids still indexes all of them.
+BIDSIGNORE = ("/logs", "/work", "*_patches", "*_xfm.*", "*_fieldmap.*")
+
+
+README_TEXT = """\
+qsmflow derivatives
+===================
+
+Written by `qsmflow run`. Per run: brain mask (desc-brain),
+total field in Hz (desc-total_fieldmap), local field in ppm of B0 (desc-local_fieldmap) and its
+valid-voxel mask (desc-vsharp), single-orientation susceptibility maps in ppm
+(desc-<method>_Chimap). Per subject with several head orientations: COSMOS susceptibility in
+ppm on the reference orientation's grid (desc-cosmos_Chimap, desc-cosmos_mask), every
+orientation's local field and mask on that grid (desc-reference), rigid transforms
+(desc-rigid_xfm.txt: 4x4 RAS world transform reference -> orientation, mm; desc-flirt_xfm.mat:
+the same as an FSL FLIRT matrix) and training patch sets (desc-training_patches/, format in
+qsmflow.training.patches). Sidecars give units, methods, parameters, backends and sources.
+logs/ holds the run logs and crash reports.
+"""
 
 
 def check_output_dir(path: str | os.PathLike) -> Path:
@@ -65,6 +85,11 @@ def write_dataset_files(output_dir: str | os.PathLike, bids_dir: str | os.PathLi
                 str(desc_file),
             )
     write_json(desc_file, dataset_description(bids_dir, pipeline))
+    readme = out / "README"
+    if not readme.exists():
+        tmp = readme.with_name("README.tmp")
+        tmp.write_text(README_TEXT)
+        os.replace(tmp, readme)
     ignore = out / ".bidsignore"
     lines = ignore.read_text().splitlines() if ignore.exists() else []
     missing = [e for e in BIDSIGNORE if e not in lines]

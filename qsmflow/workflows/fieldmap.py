@@ -18,7 +18,7 @@ def init_fieldmap_wf(
     mask_backend: str = "auto",
     mask_frac: float = 0.5,
     phase_units: str = "auto",
-    unwrapping: str = "laplacian",
+    unwrapping: str = "auto",
     radii_mm: Sequence[float] | None = None,
     threshold: float = 0.05,
     deconvolution: str = "per_radius",
@@ -37,7 +37,12 @@ def init_fieldmap_wf(
     mask_backend : ``"auto"``, ``"fsl"`` or ``"python"``.
     mask_frac : BET fractional intensity threshold (FSL only).
     phase_units : ``"auto"``, ``"rad"``, ``"siemens"`` or ``"siemens-raw"``.
-    unwrapping : ``"laplacian"``, ``"lsq"`` or ``"temporal"``.
+    unwrapping : ``"auto"`` (``"temporal"`` with two or more echoes, else ``"laplacian"``),
+        ``"laplacian"``, ``"lsq"`` or ``"temporal"``. Temporal unwrapping is the default for
+        multi-echo data because it is far more accurate on noisy data with a receiver phase
+        offset: on the 2 mm head-model simulation (SNR 100, 4 echoes, python brain mask) the
+        V-SHARP local field's NRMSE against the truth is 60 % with it and 103 % with
+        per-echo Laplacian unwrapping (the bound with the true total field is 59 %).
     radii_mm, threshold, deconvolution : V-SHARP settings (None radii: 12..1 mm).
 
     Inputs
@@ -49,6 +54,8 @@ def init_fieldmap_wf(
     magnitude : 4-D magnitude; magnitude_echo1 : 3-D first echo; brain_mask; field_hz;
     local_field : ppm; local_mask : eroded mask; mask_backend : backend that made the mask.
     """
+    if unwrapping == "auto":
+        unwrapping = "temporal" if len(echo_times) > 1 else "laplacian"
     wf = pe.Workflow(name=name)
     inputnode = pe.Node(
         niu.IdentityInterface(fields=["phase_files", "magnitude_files"]), name="inputnode"
