@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,7 @@ def tiny_bids(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("presets") / "bids"
     argv = ["simulate", str(root), "--voxel-size", "4", "--orientations", "2", "--snr", "inf"]
+    argv += ["--subjects", "2"]
     assert main(argv) == 0
     return root
 
@@ -66,3 +68,31 @@ def test_preset_loads_and_dry_runs(preset, tiny_bids, tmp_path, capsys):
     n_nodes = int(text.split(" nodes")[0].rsplit(", ", 1)[1])
     assert n_nodes >= (10 if cfg.pipeline == "qsm" else 30)
     assert not (out / "dataset_description.json").exists()  # a dry run writes no derivative
+
+
+JOB_TEMPLATES = {"slurm-array.sbatch": "SLURM_ARRAY_TASK_ID", "pbs-array.pbs": "PBS_ARRAY_INDEX"}
+
+
+@pytest.mark.parametrize("template", sorted(JOB_TEMPLATES))
+def test_batch_job_templates_dry_run(template, tiny_bids, tmp_path):
+    """Each HPC template runs one subject per array index (here: --dry-run, no scheduler)."""
+    import subprocess
+    import sys
+
+    script = REPO / "workflows" / template
+    env = {
+        **os.environ,
+        "BIDS_DIR": str(tiny_bids),
+        "OUTPUT_DIR": str(tmp_path / "out"),
+        "PIPELINE": "cosmos",
+        "QSMFLOW": str(Path(sys.executable).with_name("qsmflow")),
+        "QSMFLOW_EXTRA_ARGS": "--dry-run",
+        JOB_TEMPLATES[template]: "2",
+    }
+    res = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "qsmflow task 2: sub-02" in res.stdout
+    assert "pipeline cosmos, 1 subject/session(s) (sub-02)" in res.stdout
+    env[JOB_TEMPLATES[template]] = "3"  # only 2 subjects
+    res = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
+    assert res.returncode == 2 and "outside 1..2" in res.stderr

@@ -40,6 +40,12 @@ def _images(out: Path) -> dict[str, np.ndarray]:
 
 
 def test_multiproc_gives_the_same_outputs_as_linear(small_bids, tmp_path):
+    import torch
+
+    # MultiProc with the default fork context hangs once the parent has used torch's thread
+    # pool; qsmflow run starts its workers with forkserver, so this must not matter.
+    torch.set_num_threads(2)
+    assert float((torch.ones(256, 256) @ torch.ones(256, 256))[0, 0]) == 256.0
     base = ["run", str(small_bids), "", "participant", "--pipeline", "cosmos", *PYTHON]
     base += ["--participant-label", "01"]
     linear, multi = tmp_path / "linear", tmp_path / "multi"
@@ -50,9 +56,8 @@ def test_multiproc_gives_the_same_outputs_as_linear(small_bids, tmp_path):
                 + ["--nprocs", "2"]) == 0  # fmt: skip
     a, b = _images(linear), _images(multi)
     assert sorted(a) == sorted(b) and len(a) >= 12
-    for name in a:
-        # identical up to the rounding of ITK's threaded metric sums (threads differ)
-        np.testing.assert_allclose(b[name], a[name], rtol=0, atol=2e-5, err_msg=name)
+    for name in a:  # bit for bit: registration runs single-threaded (reproducible)
+        np.testing.assert_array_equal(b[name], a[name], err_msg=name)
     chi = a["sub-01/anat/sub-01_desc-cosmos_Chimap.nii.gz"]
     assert np.abs(chi).max() > 0.05  # a real map, not zeros
 

@@ -152,15 +152,26 @@ def _crash_messages(crash_dir: Path) -> dict[str, str]:
     return out
 
 
-def _configure_threads(plugin: str, nprocs: int | None) -> None:
-    """Parallel nodes share the cores: give each its share of FFT / ITK / BLAS threads."""
+def _configure_workers(plugin: str, nprocs: int | None, work: Path) -> None:
+    """MultiProc worker processes: each gets its share of the FFT threads and one BLAS/torch
+    thread; Nipype in the workers logs warnings only (the parent shows progress).
+
+    ITK's thread count is left alone on purpose: Mattes MI sums are threaded, and a different
+    thread count changes the registration in the last digits, so MultiProc and Linear would
+    no longer give identical outputs.
+    """
     if plugin != "MultiProc":
         return
     per_proc = str(max(1, (os.cpu_count() or 1) // max(1, nprocs or os.cpu_count() or 1)))
-    for var in ("QSMFLOW_FFT_WORKERS", "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"):
-        os.environ[var] = per_proc
+    os.environ["QSMFLOW_FFT_WORKERS"] = per_proc
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ.setdefault(var, "1")
+    cfg_dir = work / ".nipype"
+    cfg_dir.mkdir(parents=True, exist_ok=True)
+    (cfg_dir / "nipype.cfg").write_text(
+        "[logging]\nworkflow_level = WARNING\ninterface_level = WARNING\nutils_level = WARNING\n"
+    )
+    os.environ["NIPYPE_CONFIG_DIR"] = str(cfg_dir)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -263,7 +274,9 @@ def run(args: argparse.Namespace) -> int:
         plugin_args.setdefault("mp_context", "forkserver")  # fork after torch use hangs
         if cfg.execution.nprocs:
             plugin_args.setdefault("n_procs", cfg.execution.nprocs)
-    _configure_threads(plugin, plugin_args.get("n_procs"))
+    _configure_workers(plugin, plugin_args.get("n_procs"), work)
+    if plugin == "MultiProc":  # the default 2 s poll dominates runs of many short nodes
+        wf.config["execution"]["poll_sleep_duration"] = 0.1
 
     tracker = _Tracker(total=len(nodes))
     try:

@@ -55,6 +55,11 @@ from .masking import default_output_name, working_directory
 #: deg: 13 of 45 rotations ended at the cap with 0.4-3.5 deg error); with 1000 all 45 converged
 #: (worst 0.11 deg) in the same time, as converged runs stop on the step tolerance first.
 PYTHON_MAX_ITERATIONS = 1000
+#: ITK threads of the Python registration. Threaded Mattes-MI sums are reduced in a
+#: scheduling-dependent order, so with more than one thread two runs on the same images differ
+#: by ~1e-6 in the transform (and optimiser paths can drift to ~1e-4); one thread makes every
+#: run, Linear or MultiProc, bit-for-bit reproducible. Override with QSMFLOW_REGISTRATION_THREADS.
+REGISTRATION_THREADS = int(os.environ.get("QSMFLOW_REGISTRATION_THREADS", "1"))
 
 #: Interpolation name -> spline order (scipy.ndimage).
 INTERPOLATION_ORDER = {"nearest": 0, "linear": 1, "cubic": 3}
@@ -262,6 +267,7 @@ def estimate_rigid(
             moving_mask=mmask,
             reference_mask=rmask,
             iterations=PYTHON_MAX_ITERATIONS,
+            threads=REGISTRATION_THREADS,
         )
         transform = result.transform
         fsl_matrix = world_to_flirt(

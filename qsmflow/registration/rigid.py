@@ -297,7 +297,9 @@ def register_rigid(
     initial_transform : optional 4x4 RAS world transform reference->moving to start from
         (used with ``initialise="identity"``).
     iterations : maximum optimiser iterations per level.
-    threads : ITK worker threads (None: SimpleITK's default).
+    threads : ITK worker threads for the registration and its pyramid filters (None:
+        SimpleITK's default). Only a fixed count of 1 is run-to-run reproducible: threaded
+        metric sums are reduced in scheduling order.
 
     Returns
     -------
@@ -323,7 +325,10 @@ def register_rigid(
     moving_img = array_to_sitk(mov, am, "moving")
 
     reg = sitk.ImageRegistrationMethod()
+    previous_threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
     if threads is not None:
+        # the pyramid's smoothing/shrinking filters use the global default, not reg's count
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(threads))
         reg.SetNumberOfThreads(int(threads))
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=int(histogram_bins))
     reg.SetMetricSamplingStrategy(reg.RANDOM)
@@ -369,7 +374,10 @@ def register_rigid(
             fixed_img, moving_img, sitk.Euler3DTransform(), mode
         )
     reg.SetInitialTransform(init, inPlace=False)
-    out = reg.Execute(fixed_img, moving_img)
+    try:
+        out = reg.Execute(fixed_img, moving_img)
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous_threads)
     # Execute returns a composite wrapping the optimised Euler3D transform.
     if out.GetName() == "CompositeTransform":
         out = sitk.CompositeTransform(out)
