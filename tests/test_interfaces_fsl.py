@@ -352,3 +352,20 @@ def test_transform_file_round_trip_and_errors(tmp_path):
         read_transform(tmp_path / "short.txt")
     with pytest.raises(QSMInputError, match="not found"):
         read_transform(tmp_path / "missing.txt")
+
+
+def test_python_registration_retries_then_reports_non_convergence(
+    phantom, tmp_path, no_fsl, monkeypatch, caplog
+):
+    import qsmflow.interfaces.registration as reg_mod
+
+    mag, affine, _ = phantom
+    moving = _move(mag, affine, _rigid((0.0, 0.0, 1.0), 20.0, (0.0, 0.0, 0.0)))
+    mov_file = _save(tmp_path / "mov.nii.gz", moving, affine)
+    ref_file = _save(tmp_path / "ref.nii.gz", mag, affine)
+    assert reg_mod.python_sampling_fraction(64 * 74 * 64) == pytest.approx(200_000 / 303_104)
+    assert reg_mod.python_sampling_fraction(176 * 176 * 160) == 0.05
+    monkeypatch.setattr(reg_mod, "PYTHON_MAX_ITERATIONS", 3)  # cannot converge in 3 steps
+    with pytest.raises(QSMInputError, match=r"mov\.nii\.gz.*did not converge \(3 attempts\)"):
+        reg_mod.estimate_rigid(mov_file, ref_file, backend="python")
+    assert caplog.text.count("retrying with more samples") == 3

@@ -1,7 +1,11 @@
-"""``qsmflow demo``: the whole classical chain on the built-in phantom, step by step.
+"""``qsmflow demo``: the BIDS-App pipeline end to end on the built-in phantom, scored.
 
-Each step is the same command a user would type (``qsmflow unwrap``, ``bgremove``, ``invert``,
-``cosmos``, ``evaluate``), so the demo doubles as a worked example of the per-step interface.
+The demo runs the same commands a user would type: ``qsmflow simulate`` (a 3-orientation
+multi-echo GRE BIDS dataset with the head rotated between orientations), ``qsmflow run`` with
+the ``qsm`` pipeline (brain mask, field fit, V-SHARP, TKD/CFL2/NDI/STAR per orientation), again
+with the ``cosmos`` pipeline (the cached field maps are reused: only registration and COSMOS
+are computed), and ``qsmflow evaluate`` of every map against the simulation's true
+susceptibility in one common mask.
 """
 
 from __future__ import annotations
@@ -12,23 +16,36 @@ import time
 from pathlib import Path
 
 METHODS = ("tkd", "cfl2", "ndi", "star")
+SUBJECT = "sub-01"
+REFERENCE = "ori1"
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "demo",
-        help="simulate the built-in phantom and run unwrap -> V-SHARP -> inversions -> COSMOS",
+        help="simulate the built-in phantom, run the qsm and cosmos pipelines, score the maps",
         description=(
             "Simulate a 3-orientation multi-echo GRE BIDS dataset of the built-in phantom (2 mm, "
-            "3 T, oblique B0 directions), then per orientation: multi-echo field fit (Hz), "
-            "V-SHARP to the local field (ppm), and for the first orientation TKD, CFL2, NDI and "
-            "STAR-QSM; COSMOS from all three; finally every map is scored against the true "
-            "susceptibility (ppm) inside the V-SHARP mask. The brain mask is the simulation's "
-            "own (brain extraction arrives with the Nipype workflows)."
+            "3 T, head rotated between orientations) under OUTPUT_DIR/bids, then run the BIDS "
+            "App on it (`qsmflow run ... --pipeline qsm` with TKD, CFL2, NDI and STAR-QSM, then "
+            "`--pipeline cosmos`, sharing the Nipype cache OUTPUT_DIR/work) into "
+            "OUTPUT_DIR/derivatives/qsmflow: brain masks from the magnitude, multi-echo field "
+            "fit, V-SHARP, single-orientation inversions, rigid registration to the reference "
+            "orientation and COSMOS. Finally every map on the reference orientation's grid is "
+            "scored against the true susceptibility (ppm) inside one common mask (COSMOS mask "
+            "and the reference orientation's V-SHARP mask); the table is printed and written "
+            "to OUTPUT_DIR/demo_metrics.json."
         ),
     )
     p.add_argument("output", metavar="OUTPUT_DIR", help="folder for the dataset and results")
     p.add_argument("--seed", type=int, default=0, help="random seed of the simulation")
+    p.add_argument(
+        "--backend",
+        choices=["python", "auto"],
+        default="python",
+        help="brain-mask and registration backends: python (default, no external tools) or "
+        "auto (FSL BET/FLIRT when installed, else python)",
+    )
     p.set_defaults(func=run)
 
 
@@ -42,124 +59,7 @@ def _step(argv: list[str]) -> None:
         raise QSMInputError(f"demo step failed (exit {rc}): qsmflow {' '.join(argv)}")
 
 
-def _stack_echoes(files: list[Path], out: Path) -> None:
-    import numpy as np
-
-    from ..io.nifti import load_volume, save_volume
-
-    vols = [load_volume(f) for f in files]
-    save_volume(out, np.stack([v.data for v in vols], axis=-1), vols[0].affine)
-
-
-def run(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from ..io.nifti import load_volume, save_volume
-
-    t0 = time.perf_counter()
-    out = Path(args.output)
-    bids, work = out / "bids", out / "work"
-    _step(
-        ["simulate", str(bids), "--orientation-mode", "oblique", "--seed", str(args.seed)]
-        + (["--force"] if bids.exists() else [])
-    )
-    truth = bids / "derivatives" / "qsmflow-simulation" / "sub-01" / "anat"
-    anat = bids / "sub-01" / "anat"
-    locals_, eroded_masks = [], []
-    for ori in ("ori1", "ori2", "ori3"):
-        prefix = f"sub-01_acq-{ori}"
-        echoes = sorted(anat.glob(f"{prefix}_echo-*_part-phase_MEGRE.nii.gz"))
-        te = [
-            json.loads(f.with_name(f.name.replace(".nii.gz", ".json")).read_text())["EchoTime"]
-            for f in echoes
-        ]
-        b0 = json.loads(
-            echoes[0].with_name(echoes[0].name.replace(".nii.gz", ".json")).read_text()
-        )["MagneticFieldStrength"]
-        _stack_echoes(echoes, work / f"{prefix}_phase.nii.gz")
-        _stack_echoes(
-            [Path(str(f).replace("part-phase", "part-mag")) for f in echoes],
-            work / f"{prefix}_mag.nii.gz",
-        )
-        mask = truth / f"{prefix}_desc-brain_mask.nii.gz"
-        _step(
-            [
-                "unwrap",
-                str(work / f"{prefix}_phase.nii.gz"),
-                "-o",
-                str(work / f"{prefix}_field_hz.nii.gz"),
-                "--magnitude",
-                str(work / f"{prefix}_mag.nii.gz"),
-                "-m",
-                str(mask),
-                "--echo-times",
-                *[repr(t) for t in te],
-            ]
-        )
-        _step(
-            [
-                "bgremove",
-                str(work / f"{prefix}_field_hz.nii.gz"),
-                "-m",
-                str(mask),
-                "-o",
-                str(work / f"{prefix}_local_ppm.nii.gz"),
-                "--mask-out",
-                str(work / f"{prefix}_eroded_mask.nii.gz"),
-                "--b0",
-                repr(b0),
-            ]
-        )
-        locals_.append(work / f"{prefix}_local_ppm.nii.gz")
-        eroded_masks.append(work / f"{prefix}_eroded_mask.nii.gz")
-
-    ref_mask = eroded_masks[0]
-    chi_true = truth / "sub-01_acq-ori1_Chimap.nii.gz"
-    labels = truth / "sub-01_acq-ori1_dseg.nii.gz"
-    maps = {}
-    for method in METHODS:
-        maps[method] = work / f"sub-01_acq-ori1_chi_{method}.nii.gz"
-        _step(
-            [
-                "invert",
-                str(locals_[0]),
-                "-m",
-                str(ref_mask),
-                "-o",
-                str(maps[method]),
-                "--method",
-                method,
-            ]
-        )
-    common = np.logical_and.reduce([load_volume(m).data > 0 for m in eroded_masks])
-    common_mask = work / "sub-01_cosmos_mask.nii.gz"
-    save_volume(common_mask, common.astype(np.uint8), load_volume(ref_mask).affine, dtype=np.uint8)
-    maps["cosmos"] = work / "sub-01_chi_cosmos.nii.gz"
-    _step(["cosmos", *map(str, locals_), "-m", str(common_mask), "-o", str(maps["cosmos"])])
-
-    results = {}
-    for name, path in maps.items():
-        js = work / f"{path.name.replace('.nii.gz', '')}_metrics.json"
-        _step(
-            [
-                "evaluate",
-                str(path),
-                "--reference",
-                str(chi_true),
-                "--mask",
-                str(common_mask),
-                "--labels",
-                str(labels),
-                "--json",
-                str(js),
-            ]
-        )
-        results[name] = json.loads(js.read_text())
-    summary = out / "demo_metrics.json"
-    from ..io.nifti import write_json
-
-    write_json(summary, results)
-    print(f"\nqsmflow demo: finished in {time.perf_counter() - t0:.0f} s")
+def _print_table(results: dict) -> None:
     print(f"{'method':<8} {'NRMSE %':>8} {'HFEN %':>8} {'XSIM':>7} {'SSIM16':>7} {'corr':>6}")
     for name, r in results.items():
         q, c = r["qsmci"], r["challenge"]
@@ -167,8 +67,104 @@ def run(args: argparse.Namespace) -> int:
             f"{name:<8} {q['nrmse']:8.1f} {q['hfen']:8.1f} {q['xsim']:7.3f} "
             f"{c['ssim']:7.3f} {q['correlation']:6.3f}"
         )
-    print(
-        f"(QSM-CI definitions except SSIM16 = 2016 challenge SSIM; all maps and metrics "
-        f"under {out})"
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ..errors import QSMInputError
+    from ..io.nifti import load_volume, save_volume, write_json
+
+    t0 = time.perf_counter()
+    out = Path(args.output)
+    bids = out / "bids"
+    deriv = out / "derivatives" / "qsmflow"
+    work = out / "work"
+    metrics_dir = out / "metrics"
+    _step(
+        [
+            "simulate",
+            str(bids),
+            "--phantom",
+            "builtin",
+            "--orientations",
+            "3",
+            "--orientation-mode",
+            "rotate",
+            "--seed",
+            str(args.seed),
+        ]
+        + (["--force"] if bids.exists() else [])
     )
+    common = [
+        "run",
+        str(bids),
+        str(deriv),
+        "participant",
+        "--work-dir",
+        str(work),
+        "--mask-backend",
+        args.backend,
+        "--registration-backend",
+        args.backend,
+    ]
+    _step([*common[:4], "--pipeline", "qsm", "--methods", *METHODS, *common[4:]])
+    _step([*common[:4], "--pipeline", "cosmos", *common[4:]])
+
+    truth = bids / "derivatives" / "qsmflow-simulation" / SUBJECT / "anat"
+    anat = deriv / SUBJECT / "anat"
+    ref = f"{SUBJECT}_acq-{REFERENCE}"
+    maps = {m: anat / f"{ref}_desc-{m}_Chimap.nii.gz" for m in METHODS}
+    maps["cosmos"] = anat / f"{SUBJECT}_desc-cosmos_Chimap.nii.gz"
+    missing = [str(p) for p in maps.values() if not p.exists()]
+    if missing:
+        raise QSMInputError("the pipelines did not write " + ", ".join(missing))
+
+    # One mask for every map: COSMOS's (all orientations valid, on the reference grid) and the
+    # reference orientation's V-SHARP mask (where its single-orientation maps are defined).
+    cosmos_mask = load_volume(anat / f"{SUBJECT}_desc-cosmos_mask.nii.gz")
+    vsharp_mask = load_volume(anat / f"{ref}_desc-vsharp_mask.nii.gz")
+    if cosmos_mask.data.shape != vsharp_mask.data.shape:
+        raise QSMInputError("COSMOS and V-SHARP masks are on different grids", str(anat))
+    eval_mask = metrics_dir / f"{SUBJECT}_desc-evaluation_mask.nii.gz"
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    save_volume(
+        eval_mask,
+        np.logical_and(cosmos_mask.data > 0, vsharp_mask.data > 0).astype(np.uint8),
+        cosmos_mask.affine,
+        dtype=np.uint8,
+    )
+
+    results = {}
+    for name, path in maps.items():
+        js = metrics_dir / f"{path.name.replace('.nii.gz', '')}_metrics.json"
+        _step(
+            [
+                "evaluate",
+                str(path),
+                "--reference",
+                str(truth / f"{ref}_Chimap.nii.gz"),
+                "--mask",
+                str(eval_mask),
+                "--labels",
+                str(truth / f"{ref}_dseg.nii.gz"),
+                "--json",
+                str(js),
+            ]
+        )
+        results[name] = json.loads(js.read_text())
+    summary = write_json(out / "demo_metrics.json", results)
+
+    logs = sorted((deriv / "logs").glob("qsmflow_*.log"))
+    print(f"\nqsmflow demo: finished in {time.perf_counter() - t0:.0f} s")
+    _print_table(results)
+    print(
+        f"(QSM-CI definitions except SSIM16 = 2016 challenge SSIM; all maps on the {REFERENCE} "
+        f"grid, scored in one mask of {int(results['cosmos']['info']['n_mask'])} voxels: "
+        f"COSMOS mask x {REFERENCE} V-SHARP mask)"
+    )
+    print(f"derivatives: {deriv}")
+    print(f"logs: {deriv / 'logs'}" + (f" (latest: {logs[-1].name})" if logs else ""))
+    print(f"metrics: {summary} (per map: {metrics_dir})")
+    print(f"simulated data and truth: {bids}")
     return 0
