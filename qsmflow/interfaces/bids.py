@@ -85,17 +85,12 @@ def _sidecar_of(path: str) -> Path:
 
 def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     """Copy ``src`` to ``dst`` through a temporary file in ``dst``'s folder and a rename."""
+    from ..io.atomic import atomic_path
+
     dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=dst.parent)
-    os.close(fd)
-    try:
+    with atomic_path(dst, "") as tmp:
         shutil.copyfile(src, tmp)
         os.chmod(tmp, 0o644)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return dst
 
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,16 +135,11 @@ def rotation_axis(r: np.ndarray) -> np.ndarray:
 
 def _atomic_text(path: str | os.PathLike, write) -> Path:
     """Create ``path`` atomically via ``write(tmp_path)``."""
+    from ..io.atomic import atomic_path
+
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=p.suffix or ".txt", dir=p.parent)
-    os.close(fd)
-    try:
+    with atomic_path(p, p.suffix or ".txt") as tmp:
         write(tmp)
-        os.replace(tmp, p)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return p
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import QSMInputError
+from .atomic import write_text_atomic
 from .nifti import write_json
 
 #: Paths inside the derivatives folder that BIDS has no name for: logs, the Nipype cache,
@@ -87,13 +88,9 @@ def write_dataset_files(output_dir: str | os.PathLike, bids_dir: str | os.PathLi
     write_json(desc_file, dataset_description(bids_dir, pipeline))
     readme = out / "README"
     if not readme.exists():
-        tmp = readme.with_name("README.tmp")
-        tmp.write_text(README_TEXT)
-        os.replace(tmp, readme)
+        write_text_atomic(readme, README_TEXT)
     ignore = out / ".bidsignore"
     lines = ignore.read_text().splitlines() if ignore.exists() else []
     missing = [e for e in BIDSIGNORE if e not in lines]
     if missing:
-        tmp = ignore.with_name(".bidsignore.tmp")
-        tmp.write_text("\n".join([*lines, *missing]) + "\n")
-        os.replace(tmp, ignore)
+        write_text_atomic(ignore, "\n".join([*lines, *missing]) + "\n")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import QSMInputError
+from .atomic import atomic_path
 
 
 @dataclass
@@ -84,14 +84,8 @@ def save_volume(
     img = nib.Nifti1Image(arr, np.asarray(affine, dtype=np.float64))
     img.header.set_xyzt_units("mm", "sec")
     suffix = ".nii.gz" if p.name.endswith(".nii.gz") else p.suffix or ".nii"
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=p.parent)
-    os.close(fd)
-    try:
+    with atomic_path(p, suffix) as tmp:
         nib.save(img, tmp)
-        os.replace(tmp, p)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     if sidecar is not None:
         name = p.name[: -len(".nii.gz")] if p.name.endswith(".nii.gz") else p.stem
         write_json(p.with_name(name + ".json"), sidecar)
@@ -111,13 +105,7 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
         raise TypeError(f"not JSON serialisable: {type(o)}")
 
     p = _atomic_target(Path(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=2, default=default)
-            fh.write("\n")
-        os.replace(tmp, p)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    text = json.dumps(obj, indent=2, default=default) + "\n"
+    with atomic_path(p, ".json") as tmp:
+        Path(tmp).write_text(text)
     return p
