@@ -21,6 +21,7 @@ Unknown keys are errors (a typo must not be silently ignored).
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
 from dataclasses import dataclass
 from dataclasses import field as dc_field
@@ -32,7 +33,12 @@ from .errors import QSMInputError
 PIPELINES = ("qsm", "cosmos", "training-data")
 BACKENDS = ("auto", "fsl", "python")
 UNWRAPPING = ("auto", "laplacian", "lsq", "temporal")
-INVERSIONS = ("tkd", "tsvd", "cfl2", "ndi", "star")
+INVERSIONS = ("tkd", "tsvd", "cfl2", "ndi", "star", "isdu")
+#: Options of the ``isdu`` inversion (keywords of qsmflow.models.inference.invert_isdu):
+#: weights (checkpoint file; relative paths are taken from the directory ``qsmflow run`` is
+#: started in; default: the shipped weights, absent in this build), iterations (K),
+#: shared_weights (bool), device (auto, cpu, cuda), tile_size (voxels) and halo (voxels).
+ISDU_OPTIONS = ("weights", "iterations", "shared_weights", "device", "tile_size", "halo")
 
 
 @dataclass
@@ -67,7 +73,8 @@ class InversionConfig:
     """Single-orientation dipole inversion(s) of the ``qsm`` pipeline."""
 
     methods: list[str] = dc_field(default_factory=lambda: ["tkd"])
-    #: extra keyword options per method, e.g. {"tkd": {"threshold": 0.15}}
+    #: extra keyword options per method, e.g. {"tkd": {"threshold": 0.15}} or
+    #: {"isdu": {"weights": "isdu_k4.pt", "tile_size": 96}} (see ISDU_OPTIONS)
     options: dict[str, dict[str, Any]] = dc_field(default_factory=dict)
 
 
@@ -144,6 +151,8 @@ class PipelineConfig:
                 raise QSMInputError(
                     f"unknown inversion method {m!r}; choose from {', '.join(INVERSIONS)}", source
                 )
+        if "isdu" in self.inversion.options:
+            check_isdu_options(self.inversion.options["isdu"], source)
         t = self.training
         if t.patch_size < 8 or t.stride < 1 or not 0 <= t.min_mask_fraction < 1:
             raise QSMInputError(
@@ -155,6 +164,35 @@ class PipelineConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def check_isdu_options(options: Any, source: str | None = None) -> dict[str, Any]:
+    """Return the ``isdu`` options as a dict; unknown keys or bad values raise QSMInputError."""
+    if not isinstance(options, dict):
+        raise QSMInputError("inversion.options.isdu must be a table", source)
+    opts = dict(options)
+    unknown = sorted(set(opts) - set(ISDU_OPTIONS))
+    if unknown:
+        raise QSMInputError(
+            f"unknown isdu option(s) {', '.join(unknown)}; known: {', '.join(ISDU_OPTIONS)}",
+            source,
+        )
+    for key in ("iterations", "tile_size", "halo"):
+        value = opts.get(key)
+        low = 0 if key == "halo" else 1
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise QSMInputError(f"isdu option {key} must be an integer, got {value!r}", source)
+        if value is not None and value < low:
+            raise QSMInputError(f"isdu option {key} must be >= {low}, got {value}", source)
+    if opts.get("shared_weights") is not None and not isinstance(opts["shared_weights"], bool):
+        raise QSMInputError("isdu option shared_weights must be true or false", source)
+    if opts.get("device", "auto") not in ("auto", "cpu", "cuda"):
+        raise QSMInputError(
+            f"isdu option device must be auto, cpu or cuda, got {opts['device']!r}", source
+        )
+    if opts.get("weights") is not None and not isinstance(opts["weights"], (str, os.PathLike)):
+        raise QSMInputError("isdu option weights must be a file path", source)
+    return opts
 
 
 def _update(obj: Any, values: dict[str, Any], where: str, source: str | None) -> None:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "dipole inversion of a local field (ppm) to susceptibility (ppm): TKD, TSVD, CFL2, NDI, STAR"
+HELP = (
+    "dipole inversion of a local field (ppm) to susceptibility (ppm): TKD, TSVD, CFL2, NDI, "
+    "STAR, ISDU-QSMNet"
+)
 
 DESCRIPTION = """\
 Invert the local (tissue) field LOCALFIELD, in ppm of B0 (after background removal), to a
@@ -31,6 +34,18 @@ Methods and the options they use:
         re-implementation): --threshold = kernel threshold (default 0.065), --lambda = relative
         l1 weight of the weak-source pass (default 1e-4), --iterations = max iterations per
         pass (default 20 and 40). Scale-invariant: no TE/B0 needed.
+  isdu  ISDU-QSMNet (unrolled network, qsmflow.models.isdu): --weights FILE = a qsmflow
+        checkpoint, the authors' single-denoiser .pth (e.g. their K=1 checkpoint; every one of
+        the K denoisers starts as a copy) or their unshared model_*.pt dict, read with
+        torch.load(weights_only=True) (never unpickling arbitrary objects). Without --weights
+        the shipped qsmflow/data/isdu_default.pt is used (not in this build: exit 2).
+        --iterations K (default: the checkpoint's; 4 for a single-denoiser .pth),
+        --shared-weights (one denoiser for all K iterations), --device auto|cpu|cuda
+        (auto: CUDA when available), --tile N (run the denoisers on N^3 tiles with a 20-voxel
+        halo: bounded memory, the same result). Its kernel has D(0) = 1/3 (the authors'
+        convention) and every axis is zero-padded to a multiple of 16 (split between both
+        ends) instead of --pad. --float64 runs the whole network in float64. The sidecar
+        records the weights file and its sha256, K, shared, device and tile.
 """
 
 _DEFAULT_THRESHOLD = {"tkd": 0.15, "tsvd": 0.15, "star": 0.065}
@@ -48,7 +63,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("field", metavar="LOCALFIELD", help="local field NIfTI (3-D), ppm of B0")
     p.add_argument("-m", "--mask", required=True, metavar="MASK", help="mask NIfTI (voxels > 0)")
     p.add_argument("-o", "--output", required=True, metavar="CHI", help="output map NIfTI (ppm)")
-    p.add_argument("--method", choices=METHODS, default="tkd", help="inversion (default tkd)")
+    p.add_argument(
+        "--method", choices=(*METHODS, "isdu"), default="tkd", help="inversion (default tkd)"
+    )
     p.add_argument("--threshold", type=float, help="kernel threshold (tkd/tsvd 0.15, star 0.065)")
     p.add_argument(
         "--lambda",
@@ -59,8 +76,21 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--regulariser", choices=("identity", "gradient"), default="identity", help="cfl2 only"
     )
-    p.add_argument("--iterations", type=int, help="ndi (200) / star per pass (20, 40)")
-    p.add_argument("--weights", metavar="MAG", help="ndi data weights NIfTI (e.g. magnitude)")
+    p.add_argument("--iterations", type=int, help="ndi (200) / star per pass (20, 40) / isdu K (4)")
+    p.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="ndi: data weights NIfTI (e.g. magnitude); isdu: model weights (.pt/.pth)",
+    )
+    p.add_argument(
+        "--shared-weights", action="store_true", help="isdu: one denoiser for all K iterations"
+    )
+    p.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), help="isdu: torch device (default auto)"
+    )
+    p.add_argument(
+        "--tile", type=int, metavar="N", help="isdu: denoise on N^3 tiles (bounded memory)"
+    )
     p.add_argument(
         "--b0-dir",
         nargs=3,
@@ -70,7 +100,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--b0-tesla", type=float, help="ndi: field strength (T), with --te-s")
     p.add_argument("--te-s", type=float, help="ndi: echo time in seconds, with --b0-tesla")
-    p.add_argument("--pad", type=int, default=12, help="zero padding per side, voxels (12)")
+    p.add_argument(
+        "--pad", type=int, help="zero padding per side, voxels (12; not isdu: it pads to x16)"
+    )
     p.add_argument("--float64", action="store_true", help="compute in float64 (default float32)")
     p.set_defaults(func=run)
     return p
@@ -113,9 +145,19 @@ def run(args: argparse.Namespace) -> int:
     voxel_size = vol.voxel_size
     dtype = np.float64 if args.float64 else np.float32
     method = args.method
-    opts: dict = {"pad": args.pad, "dtype": dtype}
-    if args.pad < 0:
-        raise QSMInputError(f"--pad must be >= 0, got {args.pad}")
+    if method == "isdu":
+        return _run_isdu(args, vol, mask, b0_dir)
+    for flag, value in (
+        ("--shared-weights", args.shared_weights),
+        ("--device", args.device),
+        ("--tile", args.tile),
+    ):
+        if value not in (None, False):
+            raise QSMInputError(f"{flag} applies to isdu only")
+    pad = 12 if args.pad is None else args.pad
+    opts: dict = {"pad": pad, "dtype": dtype}
+    if pad < 0:
+        raise QSMInputError(f"--pad must be >= 0, got {pad}")
     if (args.b0_tesla is None) != (args.te_s is None):
         raise QSMInputError("--b0-tesla and --te-s must be given together")
     if args.b0_tesla is not None and method != "ndi":
@@ -180,5 +222,69 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"qsmflow invert: {method} -> {out} (b0 = {np.round(b0_dir, 4).tolist()}, "
         f"voxel {np.round(voxel_size, 4).tolist()} mm)"
+    )
+    return 0
+
+
+def _run_isdu(args: argparse.Namespace, vol, mask, b0_dir) -> int:
+    """``--method isdu``: load the weights (our format or the authors'), predict, save."""
+    import numpy as np
+
+    from ..errors import QSMInputError
+    from ..io.nifti import save_volume
+    from ..models.inference import invert_isdu
+
+    for flag, value in (
+        ("--threshold", args.threshold),
+        ("--lambda", args.lam),
+        ("--b0-tesla", args.b0_tesla),
+        ("--te-s", args.te_s),
+        ("--pad", args.pad),
+    ):
+        if value is not None:
+            raise QSMInputError(f"{flag} does not apply to isdu")
+    if args.regulariser != "identity":
+        raise QSMInputError("--regulariser does not apply to isdu")
+    if args.iterations is not None and args.iterations < 1:
+        raise QSMInputError(f"--iterations must be >= 1, got {args.iterations}")
+    if args.tile is not None and args.tile < 1:
+        raise QSMInputError(f"--tile must be >= 1, got {args.tile}")
+    chi, info = invert_isdu(
+        vol.data,
+        mask,
+        vol.voxel_size,
+        b0_dir,
+        weights=args.weights,
+        iterations=args.iterations,
+        shared_weights=True if args.shared_weights else None,
+        device=args.device or "auto",
+        tile_size=args.tile,
+        float64=args.float64,
+    )
+    sidecar = {
+        "Method": "isdu",
+        "Units": "ppm",
+        "InputField": str(args.field),
+        "Mask": str(args.mask),
+        "B0Direction": [float(x) for x in b0_dir],
+        "B0DirectionSource": "--b0-dir" if args.b0_dir is not None else "affine",
+        "VoxelSizeMM": [float(x) for x in vol.voxel_size],
+        "Weights": info["weights"],
+        "WeightsSHA256": info["weights_sha256"],
+        "Iterations": info["iterations"],
+        "SharedWeights": info["shared_weights"],
+        "Device": info["device"],
+        "TileSize": info["tile_size"],
+        "Parameters": info,
+        "DipoleKernelDC": 1.0 / 3.0,
+    }
+    dtype = np.float64 if args.float64 else np.float32
+    out = save_volume(args.output, chi, vol.affine, dtype=dtype, sidecar=sidecar)
+    tiles = "" if args.tile is None else f", tiles {args.tile}"
+    print(
+        f"qsmflow invert: isdu (K = {info['iterations']}, "
+        f"{'shared' if info['shared_weights'] else 'unshared'}, {info['device']}{tiles}) -> "
+        f"{out} (b0 = {np.round(b0_dir, 4).tolist()}, "
+        f"voxel {np.round(vol.voxel_size, 4).tolist()} mm)"
     )
     return 0

@@ -25,6 +25,7 @@ SUBCOMMANDS = (
     "bgremove",
     "invert",
     "cosmos",
+    "train",
     "evaluate",
     "demo",
 )

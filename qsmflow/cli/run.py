@@ -71,7 +71,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--methods",
         nargs="+",
-        choices=["tkd", "tsvd", "cfl2", "ndi", "star"],
+        choices=["tkd", "tsvd", "cfl2", "ndi", "star", "isdu"],
         help="inversions of the qsm pipeline (default tkd)",
     )
     p.add_argument(

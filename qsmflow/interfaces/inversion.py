@@ -1,8 +1,15 @@
-"""Interfaces of the dipole inversions: single orientation (TKD, TSVD, CFL2, NDI, STAR-QSM)
-and multi-orientation COSMOS.
+"""Interfaces of the dipole inversions: single orientation (TKD, TSVD, CFL2, NDI, STAR-QSM,
+ISDU-QSMNet) and multi-orientation COSMOS.
 
 Units: local fields and susceptibility in ppm; B0 directions are unit vectors in the array
 axes of the grid the fields live on (taken from the NIfTI affine for a single orientation).
+
+ISDU-QSMNet (``method="isdu"``) takes the options of
+:func:`qsmflow.models.inference.invert_isdu`: ``weights`` (checkpoint file; default the shipped
+one, absent in this build), ``iterations`` (K), ``shared_weights``, ``device`` (auto, cpu,
+cuda), ``tile_size``, ``halo``. Threads: torch uses ``$QSMFLOW_TORCH_THREADS`` or else
+``$OMP_NUM_THREADS`` threads when either is set (``qsmflow run --plugin MultiProc`` sets
+OMP_NUM_THREADS=1 for its workers, so every node uses one), torch's default otherwise.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from nipype.interfaces.base import (
 class _DipoleInversionInputSpec(BaseInterfaceInputSpec):
     local_field = File(exists=True, mandatory=True, desc="local field, ppm of B0")
     mask = File(exists=True, mandatory=True, desc="mask of valid local-field voxels")
-    method = traits.Enum("tkd", "tsvd", "cfl2", "ndi", "star", usedefault=True)
+    method = traits.Enum("tkd", "tsvd", "cfl2", "ndi", "star", "isdu", usedefault=True)
     options = traits.Dict(traits.Str, traits.Any, usedefault=True, desc="method keywords")
 
 
@@ -33,7 +40,8 @@ class _DipoleInversionOutputSpec(TraitedSpec):
 
 
 class DipoleInversion(SimpleInterface):
-    """Single-orientation inversion (physics.inversion.invert); B0 direction from the affine."""
+    """Single-orientation inversion (physics.inversion.invert, or the ISDU-QSMNet network for
+    ``method="isdu"``); B0 direction from the affine."""
 
     input_spec = _DipoleInversionInputSpec
     output_spec = _DipoleInversionOutputSpec
@@ -49,12 +57,30 @@ class DipoleInversion(SimpleInterface):
         field = check_finite(fvol.data, "local field", fvol.path, mask)
         b0 = fvol.b0_dir
         options = dict(self.inputs.options)
-        chi = invert(self.inputs.method, field, mask, fvol.voxel_size, b0, **options)
+        extra = {}
+        if self.inputs.method == "isdu":
+            from ..config import check_isdu_options
+            from ..models.inference import apply_thread_env, invert_isdu
+
+            apply_thread_env()
+            chi, info = invert_isdu(field, mask, fvol.voxel_size, b0, **check_isdu_options(options))
+            extra = {
+                "Weights": info["weights"],
+                "WeightsSHA256": info["weights_sha256"],
+                "Iterations": info["iterations"],
+                "SharedWeights": info["shared_weights"],
+                "Device": info["device"],
+                "TileSize": info["tile_size"],
+                "DipoleKernelDC": 1.0 / 3.0,
+            }
+        else:
+            chi = invert(self.inputs.method, field, mask, fvol.voxel_size, b0, **options)
         meta = {
             "Units": "ppm",
             "InversionMethod": self.inputs.method,
             "InversionOptions": options,
             "B0Direction": [float(x) for x in b0],
+            **extra,
         }
         out = os.path.join(runtime.cwd, f"chi_{self.inputs.method}.nii.gz")
         self._results["chi"] = str(save_volume(out, chi, fvol.affine, sidecar=meta))

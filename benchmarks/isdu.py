@@ -1,0 +1,290 @@
+"""ISDU-QSMNet: whole-volume inference time and peak memory, and training-step throughput.
+
+Run: ``python benchmarks/isdu.py [--quick] [--repeats 1] [--tile 80] [--devices cpu cuda]``
+
+Inference (:func:`qsmflow.models.inference.predict_volume`, float32, eval mode, no_grad) of a
+K = 4 unshared model on 160^3 and 224x224x126 (0.982x0.982x1 mm, oblique B0), whole volume and
+tiled (``--tile`` voxels, halo 20). The weights are **random** (``ISDUQSMNet()`` as
+constructed): the cost does not depend on the weight values (closed-form data consistency,
+p = 2), so timings hold for trained weights too. Goals: 160^3 at K = 4 in <= 60 s and <= 6 GB
+on the CPU.
+
+Training step (patches/s): 64^3 patches, K = 4 unshared, batch 2, forward + backward + Adam
+(lr 1e-4) with the authors' combined L1 loss (qsmflow.training.losses.combined_l1_loss).
+Goal on CUDA: an epoch of 16,800 patches in <= 12 min, i.e. >= 23.3 patches/s. A 64^3,
+batch-2, K = 4 step keeps ~15-20 GB of activations for the backward pass, so ``--quick``
+measures 32^3 patches on the CPU and also prints the 64^3-equivalent rate (voxels/s / 64^3).
+
+Every CPU case runs in a fresh forked process (as _harness.py): peak memory = maximum RSS
+minus RSS before the first call (inputs and weights already loaded; unlike _harness.py the
+baseline is taken before the warm-up call, since glibc keeps much of what that call freed).
+CUDA cases run in this process after the CPU ones (CUDA must not be initialised before a
+fork); their peak is ``torch.cuda.max_memory_allocated``.
+
+``--quick`` (about 5-6 min on 2 busy cores): no warm-up call, one repeat, 160^3 at K = 4
+whole and at K = 1 whole and tiled, 224x224x126 at K = 1, training on 32^3 patches (2 timed
+steps after a warm-up).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import _rss_mb  # noqa: E402
+
+VOXEL = (0.982, 0.982, 1.0)
+B0_DIR = (0.0, 0.2588, 0.9659)  # 15 degrees oblique
+EPOCH_PATCHES = 16_800
+EPOCH_GOAL_S = 12 * 60
+
+
+def _volume(shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """An ellipsoidal mask and a smooth random field (ppm) inside it."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    axes = [((np.arange(n) - (n - 1) / 2) / (0.42 * n)) ** 2 for n in shape]
+    r2 = axes[0][:, None, None] + axes[1][None, :, None] + axes[2][None, None, :]
+    mask = r2 < 1
+    phi = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), 2) * 0.05
+    return np.where(mask, phi, 0).astype(np.float32), mask
+
+
+def _run_steps(
+    setup: Callable[[], Any], step: Callable[[Any], Any], repeats: int, warmup: bool
+) -> dict:
+    inputs = setup()
+    base = _rss_mb()  # before the warm-up: the allocator may keep what that call freed
+    if warmup:
+        step(inputs)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step(inputs)
+        times.append(time.perf_counter() - t0)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+    return {"best_s": min(times), "median_s": sorted(times)[len(times) // 2], "peak_mb": peak}
+
+
+def _child(setup, step, repeats, warmup, queue) -> None:
+    try:
+        queue.put({**_run_steps(setup, step, repeats, warmup), "error": None})
+    except Exception as exc:  # report, do not kill the table
+        queue.put({"best_s": np.nan, "median_s": np.nan, "peak_mb": np.nan, "error": repr(exc)})
+
+
+def measure_cpu(setup, step, repeats: int, warmup: bool) -> dict:
+    """``step(setup())`` in a fresh forked process (CPU only)."""
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(setup, step, repeats, warmup, queue))
+    proc.start()
+    out = queue.get()
+    proc.join()
+    return out
+
+
+def measure_cuda(setup, step, repeats: int, warmup: bool) -> dict:
+    import torch
+
+    try:
+        inputs = setup()
+        if warmup:
+            step(inputs)
+            torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        times = []
+        for _ in range(repeats):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            step(inputs)
+            torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        peak = torch.cuda.max_memory_allocated() / 2**20
+        out = {"best_s": min(times), "median_s": sorted(times)[len(times) // 2]}
+        return {**out, "peak_mb": peak, "error": None}
+    except Exception as exc:
+        return {"best_s": np.nan, "median_s": np.nan, "peak_mb": np.nan, "error": repr(exc)}
+    finally:
+        torch.cuda.empty_cache()
+
+
+# -------------------------------------------------------------------------------- cases
+
+
+def inference_case(shape, n_iterations: int, tile: int | None, device: str):
+    def setup():
+        import torch
+
+        from qsmflow.models import ISDUQSMNet
+
+        torch.manual_seed(0)
+        model = ISDUQSMNet(n_iterations=n_iterations, shared_weights=False).eval().to(device)
+        phi, mask = _volume(shape)
+        return model, phi, mask
+
+    def step(x):
+        from qsmflow.models.inference import predict_volume
+
+        model, phi, mask = x
+        return predict_volume(model, phi, mask, VOXEL, B0_DIR, device=device, tile_size=tile)
+
+    return setup, step
+
+
+def training_case(patch: int, batch: int, n_iterations: int, device: str):
+    def setup():
+        import torch
+
+        from qsmflow.models import ISDUQSMNet, isdu_kernel
+
+        torch.manual_seed(0)
+        model = ISDUQSMNet(n_iterations=n_iterations, shared_weights=False).to(device).train()
+        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        shape = (patch,) * 3
+        kernel = isdu_kernel(shape, (1, 1, 1), (0, 0, 1), device=device)
+        chi = torch.randn(batch, 1, *shape, device=device) * 0.03
+        mask = torch.ones_like(chi)
+        phi = torch.fft.ifftn(kernel * torch.fft.fftn(chi, dim=(-3, -2, -1)), dim=(-3, -2, -1))
+        return model, opt, kernel, chi, phi.real * mask, mask
+
+    def step(x):
+        from qsmflow.training.losses import combined_l1_loss
+
+        model, opt, kernel, chi, phi, mask = x
+        opt.zero_grad(set_to_none=True)
+        chi_hat = model(phi, mask, kernel)
+        loss = combined_l1_loss(chi_hat, chi, phi, mask, kernel)["total"]
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+
+    return setup, step
+
+
+def _fmt(v: float, spec: str) -> str:
+    return format(v, spec) if v == v else format("nan", ">" + spec.split(".")[0].lstrip(">"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="the short set (see above)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed calls per case (1)")
+    ap.add_argument("--tile", type=int, default=80, help="tile edge for the tiled cases (80)")
+    ap.add_argument("--iterations", type=int, default=4, help="K (4)")
+    ap.add_argument("--devices", nargs="+", default=None, help="cpu and/or cuda (all found)")
+    ap.add_argument("--train-patch", type=int, default=None, help="CPU training patch (64)")
+    ap.add_argument("--train-batch", type=int, default=2)
+    ap.add_argument("--cube", type=int, default=160, help="edge of the cubic volume (160)")
+    ap.add_argument("--big", type=int, nargs=3, default=(224, 224, 126), help="second shape")
+    ap.add_argument("--skip-inference", action="store_true")
+    ap.add_argument("--skip-training", action="store_true")
+    args = ap.parse_args()
+
+    import torch
+
+    k = args.iterations
+    quick = args.quick
+    repeats = args.repeats or 1
+    warmup = not quick
+    big = tuple(args.big)
+    cube = (args.cube,) * 3
+    if quick:
+        inference = [(cube, k, None), (cube, 1, None), (cube, 1, args.tile), (big, 1, None)]
+    else:
+        inference = [(cube, k, None), (cube, k, args.tile), (big, k, None), (big, k, args.tile)]
+    cpu_patch = args.train_patch or (32 if quick else 64)
+    train_repeats = args.repeats or 2
+    # whether CUDA exists, asked in a throw-away child so that this process can still fork
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        has_cuda = pool.apply(_cuda_available)
+    devices = args.devices or (["cpu", "cuda"] if has_cuda else ["cpu"])
+    if "cuda" in devices and not has_cuda:
+        print("CUDA requested but not available: skipped")
+        devices = [d for d in devices if d != "cuda"]
+
+    rows = []
+
+    def record(name, device, r, goal_s=None, goal_mb=None, rate=None):
+        r.update(name=name, device=device, goal_s=goal_s, goal_mb=goal_mb, rate=rate)
+        rows.append(r)
+        print(f"  {name} [{device}]: {_fmt(r['best_s'], '.2f')} s", flush=True)
+
+    # CPU cases first (forked children), then CUDA in this process.
+    for device in sorted(devices, key=lambda d: d != "cpu"):
+        measure = measure_cpu if device == "cpu" else measure_cuda
+        if not args.skip_inference:
+            for shape, n_it, tile in inference:
+                name = f"infer {'x'.join(map(str, shape))} K={n_it} " + (
+                    f"tile {tile}" if tile else "whole"
+                )
+                goal = shape == (160, 160, 160) and n_it == 4 and device == "cpu"
+                setup, step = inference_case(shape, n_it, tile, device)
+                r = measure(setup, step, repeats, warmup)
+                record(name, device, r, 60.0 if goal else None, 6144.0 if goal else None)
+        if not args.skip_training:
+            patch = cpu_patch if device == "cpu" else 64
+            setup, step = training_case(patch, args.train_batch, k, device)
+            r = measure(setup, step, train_repeats, True)
+            rate = args.train_batch / r["best_s"]
+            eq = rate * (patch / 64) ** 3
+            name = f"train step {patch}^3 b{args.train_batch} K={k}"
+            record(name, device, r, rate=(rate, eq))
+
+    threads = torch.get_num_threads()
+    print(
+        f"\nISDU-QSMNet benchmark ({os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{threads} threads; random weights; {'quick: no warm-up, ' if quick else ''}"
+        f"{repeats} timed call(s))"
+    )
+    header = (
+        f"{'case':<36} {'device':<6} {'best [s]':>9} {'median [s]':>10} {'peak [MB]':>10} "
+        f"{'goal':>16}  ok"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        goal, ok = "", ""
+        if r["goal_s"] is not None:
+            goal = f"<={r['goal_s']:.0f} s, {r['goal_mb'] / 1024:.0f} GB"
+            if r["best_s"] == r["best_s"]:
+                fine = r["best_s"] <= r["goal_s"] and r["peak_mb"] <= r["goal_mb"]
+                ok = "yes" if fine else "NO"
+        line = (
+            f"{r['name']:<36} {r['device']:<6} {_fmt(r['best_s'], '9.2f')} "
+            f"{_fmt(r['median_s'], '10.2f')} {_fmt(r['peak_mb'], '10.0f')} {goal:>16}  {ok}"
+        )
+        if r["rate"] is not None and r["best_s"] == r["best_s"]:
+            rate, eq = r["rate"]
+            epoch_min = EPOCH_PATCHES / eq / 60
+            fine = eq * EPOCH_GOAL_S >= EPOCH_PATCHES
+            line += (
+                f"\n{'':<4}{rate:.3f} patches/s = {eq:.3f} 64^3-patches/s -> epoch of "
+                f"{EPOCH_PATCHES} 64^3 patches: {epoch_min:.1f} min (goal <= 12 min, "
+                f"23.3 patches/s: {'yes' if fine else 'NO'})"
+            )
+        if r.get("error"):
+            line += f"  ERROR {r['error']}"
+        print(line)
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+if __name__ == "__main__":
+    main()

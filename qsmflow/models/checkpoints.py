@@ -1,0 +1,209 @@
+"""Reading and writing ISDU-QSMNet weights.
+
+Files are always read with ``torch.load(path, map_location="cpu", weights_only=True)``: only
+tensors and plain containers are unpickled, never arbitrary objects. Three layouts are read:
+
+1. **The authors' denoiser** (``*.pth``): a plain WideResNet state_dict (``lambda_val``, ``p``,
+   ``gen.*``), e.g. the K = 1 and shared-weight K = 4 ISDU checkpoints and SpiNet-QSM's
+   ``model_weights.pth``. :func:`load_isdu` builds an :class:`ISDUQSMNet` whose denoiser(s) all
+   start from it (the paper's initialisation of the K = 4 model).
+2. **The authors' unshared-weight dict** (``model_{epoch}.pt``): ``{"K_unrolling": K,
+   "model_0": state_dict, ..., "model_{K-1}": ...}`` plus training bookkeeping.
+3. **qsmflow's own format** (written by :func:`save_isdu`)::
+
+       {"format": "qsmflow-isdu", "version": 1,
+        "config": ISDUQSMNet.config (plain values),
+        "model": ISDUQSMNet.state_dict(),
+        "extra": {...}}                   # optional, plain values/tensors (trainer state etc.)
+
+Every problem (missing, unreadable or corrupt file, unknown layout, missing or unexpected keys,
+shape mismatches) raises :class:`~qsmflow.errors.QSMInputError` naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..errors import QSMInputError
+from .isdu import ISDUQSMNet
+from .wideresnet import WideResNet
+
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "check_state_dict",
+    "load_denoiser_state",
+    "load_isdu",
+    "read_checkpoint",
+    "save_isdu",
+]
+
+FORMAT = "qsmflow-isdu"
+VERSION = 1
+
+_ARCH_KEYS = ("width", "n_blocks")
+_MAX_LISTED = 5
+
+
+def _listing(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_MAX_LISTED])
+    return shown + (f", ... ({len(keys)} in all)" if len(keys) > _MAX_LISTED else "")
+
+
+def read_checkpoint(path: str | os.PathLike) -> Any:
+    """``torch.load`` with ``weights_only=True`` on CPU; any failure -> QSMInputError."""
+    path = Path(path)
+    if not path.is_file():
+        raise QSMInputError("checkpoint file not found", source=str(path))
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt zip, truncated file, disallowed pickle global, ...
+        raise QSMInputError(
+            f"cannot read checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:300]})",
+            source=str(path),
+        ) from exc
+
+
+def check_state_dict(
+    state: Any, expected: Mapping[str, Tensor], source: str, what: str = "state_dict"
+) -> dict[str, Tensor]:
+    """Check that ``state`` has exactly the keys and shapes of ``expected``; return it as a dict.
+
+    Raises QSMInputError naming ``source`` with the missing and unexpected keys and the first
+    shape mismatches.
+    """
+    if not isinstance(state, Mapping) or not all(isinstance(k, str) for k in state):
+        raise QSMInputError(f"{what} is not a mapping of names to tensors", source=source)
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_listing(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_listing(unexpected)}")
+    not_tensor = [k for k in state if k in expected and not isinstance(state[k], Tensor)]
+    if not_tensor:
+        problems.append(f"entries that are not tensors: {_listing(not_tensor)}")
+    mismatched = [
+        f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}"
+        for k in expected
+        if isinstance(state.get(k), Tensor) and tuple(state[k].shape) != tuple(expected[k].shape)
+    ]
+    if mismatched:
+        problems.append(f"shape mismatches: {_listing(mismatched)}")
+    if problems:
+        raise QSMInputError(
+            f"{what} does not match the model (mismatched checkpoint?): " + "; ".join(problems),
+            source=source,
+        )
+    return dict(state)
+
+
+def _denoiser_template(width: int = 32, n_blocks: int = 8) -> dict[str, Tensor]:
+    with torch.device("meta"):
+        return WideResNet(width=width, n_blocks=n_blocks).state_dict()
+
+
+def load_denoiser_state(
+    path: str | os.PathLike, *, width: int = 32, n_blocks: int = 8
+) -> dict[str, Tensor]:
+    """Read one authors' WideResNet state_dict (``.pth``), checked against the architecture.
+
+    Returns the state_dict (CPU tensors) ready for ``WideResNet.load_state_dict(strict=True)``.
+    """
+    state = read_checkpoint(path)
+    return check_state_dict(
+        state, _denoiser_template(width, n_blocks), str(path), "denoiser state_dict"
+    )
+
+
+def _load_into(model: ISDUQSMNet, state: Any, source: str) -> ISDUQSMNet:
+    checked = check_state_dict(state, model.state_dict(), source, "model state_dict")
+    model.load_state_dict(checked, strict=True)
+    return model
+
+
+def load_isdu(path: str | os.PathLike, **overrides: Any) -> ISDUQSMNet:
+    """Build an :class:`ISDUQSMNet` from any of the three layouts (module docstring).
+
+    ``overrides`` are constructor arguments (``n_iterations``, ``shared_weights``, ``dc_mode``,
+    ``cg_max_iter``, ...). For an authors' single denoiser they default to the ISDU model (K = 4,
+    unshared, every denoiser a copy of the file); for an authors' unshared dict K comes from the
+    file; for our format they replace the saved config (architecture keys must then agree with
+    the saved weights). The model is returned in eval mode on the CPU.
+    """
+    source = str(path)
+    obj = read_checkpoint(path)
+    if isinstance(obj, Mapping) and "format" in obj:
+        if obj.get("format") != FORMAT:
+            raise QSMInputError(f"unknown checkpoint format {obj.get('format')!r}", source=source)
+        if obj.get("version") != VERSION:
+            raise QSMInputError(
+                f"unsupported {FORMAT} version {obj.get('version')!r} (this is version {VERSION})",
+                source=source,
+            )
+        config = obj.get("config")
+        if not isinstance(config, Mapping) or "model" not in obj:
+            raise QSMInputError("checkpoint lacks 'config' or 'model'", source=source)
+        try:
+            model = ISDUQSMNet(**{**config, **overrides})
+        except TypeError as exc:
+            raise QSMInputError(f"bad model config: {exc}", source=source) from exc
+        return _load_into(model, obj["model"], source).eval()
+
+    if isinstance(obj, Mapping) and "K_unrolling" in obj:
+        n_iter = int(obj["K_unrolling"])
+        states = [obj.get(f"model_{k}") for k in range(n_iter)]
+        if any(s is None for s in states):
+            raise QSMInputError(f"expected model_0 ... model_{n_iter - 1}", source=source)
+        arch = {k: overrides[k] for k in _ARCH_KEYS if k in overrides}
+        template = _denoiser_template(**arch)
+        for k, s in enumerate(states):
+            check_state_dict(s, template, source, f"model_{k}")
+        overrides = {**overrides, "n_iterations": n_iter, "shared_weights": False}
+        model = ISDUQSMNet(**overrides)
+        for net, s in zip(model.denoisers, states, strict=True):
+            net.load_state_dict(s, strict=True)
+        return model.eval()
+
+    arch = {k: overrides[k] for k in _ARCH_KEYS if k in overrides}
+    state = check_state_dict(obj, _denoiser_template(**arch), source, "denoiser state_dict")
+    return ISDUQSMNet.from_k1_denoiser(state, **overrides).eval()
+
+
+def save_isdu(
+    path: str | os.PathLike, model: ISDUQSMNet, extra: Mapping[str, Any] | None = None
+) -> Path:
+    """Write ``model`` in qsmflow's format, atomically (temporary file + ``os.replace``).
+
+    ``extra`` (epoch, losses, optimiser state, ...) must hold only tensors and plain Python
+    values so that it can be read back with ``weights_only=True``. Returns the path.
+    """
+    path = Path(path)
+    obj: dict[str, Any] = {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": model.config,
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    if extra is not None:
+        obj["extra"] = dict(extra)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,436 @@
+"""Whole-volume ISDU-QSMNet inference: padding, dipole kernel, device, optional tiling.
+
+:func:`predict_volume` turns a local field (ppm) and its mask on any grid into a
+susceptibility map (ppm), with the conventions of the trained model:
+
+* **Padding.** Every axis is zero-padded to a multiple of ``pad_multiple`` (16; the padding is
+  split between both ends, ``(p - n) // 2`` voxels before and the rest after) and the result is
+  cropped back. The field is set to zero outside the mask first (the model was trained on
+  masked fields, phi = M F^-1 D F chi). With ``pad_multiple=1`` nothing is padded. The padding
+  changes the FFT grid (the data-consistency step treats the padded box as periodic), so a
+  padded and an unpadded run differ slightly near the box faces.
+* **Kernel.** :func:`~qsmflow.models.isdu.isdu_kernel` on the padded grid: D(k) = 1/3 -
+  (k.b)^2/|k|^2 with k = fftfreq(N, d=voxel) (cycles/mm), any voxel size and B0 direction, and
+  D(0) = 1/3 as the authors' kernel (for even sizes, and every padded size with
+  ``pad_multiple`` even is even, this is the authors' k grid).
+* **Execution.** Eval mode (BatchNorm running statistics, no dropout) and ``torch.no_grad``;
+  the model's training flag is restored afterwards. ``device="auto"`` picks CUDA when
+  available, else the CPU; the model is moved there (in place, as ``nn.Module.to``) and stays.
+  The output is masked and returned as float32 ppm on the input grid.
+* **Tiling** (``tile_size``): bounded memory for large volumes. Each denoiser application runs
+  on overlapping tiles: cubes of ``tile_size`` voxels (smaller at the far faces), each
+  extended by ``halo`` voxels on every side that lies inside the volume; only the tile's own
+  voxels are kept. The WideResNet's receptive field is 35^3 voxels (17 3^3 convolutions, radius
+  17) and in eval mode BatchNorm is a fixed per-channel affine map, so with ``halo >= 17`` the
+  tiled result equals the untiled one up to float rounding (tested to 1e-5 ppm). The FFT-based
+  data-consistency step always sees the whole (padded) volume; it is cheap in memory. Cost:
+  every tile computes its halo too, e.g. 160 voxels as tiles of 80 with halo 20 are 2 x 100
+  voxels per axis, 1.95x the convolution work in 3-D. Axes no longer than ``tile_size`` are
+  not split (no halo cost on them).
+
+Memory, untiled, float32, per denoiser pass: about 3-4 feature maps of 32 channels, i.e.
+~0.5 GB per million voxels (160^3 ~ 2 GB); tiles of T with halo H need the same for
+(T + 2H)^3 voxels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..errors import QSMInputError
+from ..physics.kernel import check_voxel_size, normalise_b0_dir
+from .checkpoints import load_isdu
+from .isdu import ISDUQSMNet, isdu_kernel
+
+__all__ = [
+    "DEFAULT_WEIGHTS",
+    "NO_DEFAULT_WEIGHTS",
+    "RECEPTIVE_RADIUS",
+    "TiledDenoiser",
+    "apply_thread_env",
+    "file_sha256",
+    "invert_isdu",
+    "load_inference_model",
+    "pad_widths",
+    "predict_volume",
+    "receptive_radius",
+    "resolve_device",
+    "resolve_weights",
+    "tiled_denoisers",
+]
+
+#: Receptive-field radius (voxels) of the default WideResNet (17 3^3 convolutions).
+RECEPTIVE_RADIUS = 17
+
+log = logging.getLogger(__name__)
+
+
+def receptive_radius(model: ISDUQSMNet) -> int:
+    """Receptive-field radius of the model's denoisers: 2 n_blocks + 1 3^3 convolutions."""
+    return 2 * int(model.config.get("n_blocks", 8)) + 1
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
+
+    Asking for CUDA where none is available raises QSMInputError.
+    """
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise QSMInputError(f"unknown device {device!r} (use auto, cpu or cuda)") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise QSMInputError(f"device {device!r} requested but CUDA is not available")
+    return dev
+
+
+def pad_widths(shape: Sequence[int], multiple: int) -> list[tuple[int, int]]:
+    """(before, after) zero padding per axis to the next multiple of ``multiple``."""
+    out = []
+    for n in shape:
+        total = -int(n) % int(multiple)
+        out.append((total // 2, total - total // 2))
+    return out
+
+
+class TiledDenoiser(nn.Module):
+    """Runs a denoiser on overlapping tiles; drop-in for one of ``ISDUQSMNet.denoisers``.
+
+    ``forward(v)`` with v (B, C, X, Y, Z) equals ``net(v)`` (eval mode, ``halo`` >= the
+    receptive-field radius) while holding only one extended tile's feature maps at a time.
+    Exposes what :class:`ISDUQSMNet` reads from a denoiser: ``gen``, ``lambda_val`` and ``p``
+    (the wrapped network's own objects, so parameters are shared, not copied).
+    """
+
+    def __init__(self, net: nn.Module, tile_size: int, halo: int = 20) -> None:
+        super().__init__()
+        if int(tile_size) < 1 or int(halo) < 0:
+            raise QSMInputError(f"need tile_size >= 1 and halo >= 0, got {tile_size}, {halo}")
+        self.net = net
+        self.tile_size = int(tile_size)
+        self.halo = int(halo)
+
+    @property
+    def gen(self) -> nn.Module:
+        return self.net.gen
+
+    @property
+    def lambda_val(self) -> nn.Parameter:
+        return self.net.lambda_val
+
+    @property
+    def p(self) -> nn.Parameter:
+        return self.net.p
+
+    def tiles(self, shape: Sequence[int]) -> Iterator[tuple[tuple[slice, ...], ...]]:
+        """(core, extended, core-within-extended) slices of every tile of a spatial shape."""
+        t, h = self.tile_size, self.halo
+        per_axis = []
+        for n in shape:
+            axis = []
+            for s in range(0, int(n), t):
+                e0, e1 = max(s - h, 0), min(s + t + h, int(n))
+                stop = min(s + t, int(n))
+                axis.append((slice(s, stop), slice(e0, e1), slice(s - e0, stop - e0)))
+            per_axis.append(axis)
+        for combo in itertools.product(*per_axis):
+            yield tuple(tuple(c[i] for c in combo) for i in range(3))
+
+    def forward(self, v: Tensor) -> Tensor:
+        spatial = tuple(v.shape[2:])
+        if all(n <= self.tile_size for n in spatial):
+            return self.net(v)
+        out: Tensor | None = None
+        lead = (slice(None), slice(None))
+        for core, ext, inner in self.tiles(spatial):
+            y = self.net(v[lead + ext])
+            if out is None:
+                out = y.new_empty((v.shape[0], y.shape[1], *spatial))
+            out[lead + core] = y[lead + inner]
+        assert out is not None
+        return out
+
+
+@contextlib.contextmanager
+def tiled_denoisers(
+    model: ISDUQSMNet, tile_size: int | None, halo: int = 20
+) -> Iterator[ISDUQSMNet]:
+    """Temporarily replace every ``model.denoisers[i]`` by a :class:`TiledDenoiser`.
+
+    The original modules are put back on exit, also when the body raises. ``tile_size=None``
+    changes nothing.
+    """
+    if tile_size is None:
+        yield model
+        return
+    originals = list(model.denoisers)
+    wrappers = [TiledDenoiser(net, tile_size, halo) for net in originals]
+    try:
+        for i, w in enumerate(wrappers):
+            model.denoisers[i] = w
+        yield model
+    finally:
+        for i, net in enumerate(originals):
+            model.denoisers[i] = net
+
+
+def predict_volume(
+    model: ISDUQSMNet,
+    phi_ppm: np.ndarray,
+    mask: np.ndarray,
+    voxel_size: Sequence[float],
+    b0_dir: Sequence[float],
+    *,
+    device: str | torch.device = "auto",
+    tile_size: int | None = None,
+    halo: int = 20,
+    pad_multiple: int = 16,
+    dtype: torch.dtype = torch.float32,
+) -> np.ndarray:
+    """Susceptibility (ppm) of a whole local field with an ISDU-QSMNet model.
+
+    Parameters
+    ----------
+    model : :class:`ISDUQSMNet` (e.g. from :func:`~qsmflow.models.checkpoints.load_isdu`).
+    phi_ppm : local field (X, Y, Z), ppm of B0; finite inside the mask (zeroed outside).
+    mask : (X, Y, Z) bool or numeric (> 0.5 is inside); must not be empty.
+    voxel_size : mm per array axis; b0_dir : B0 direction in array axes (normalised here).
+    device : "auto" (CUDA when available), "cpu", "cuda", ... (the model is moved there).
+    tile_size : None (whole volume at once) or the tile edge in voxels for the denoisers.
+    halo : tile overlap in voxels per side (>= 17 for a result equal to the untiled one).
+    pad_multiple : pad every axis to a multiple of this (16; 1 = no padding).
+    dtype : float32 or float64 for the field, kernel and data-consistency step; the denoisers
+        run in their parameters' dtype (``model.double()`` for a float64 network).
+
+    Returns
+    -------
+    chi (X, Y, Z) float32 ppm, 0 outside the mask. See the module docstring for the
+    conventions (padding, kernel, tiling).
+    """
+    if not isinstance(model, ISDUQSMNet):
+        raise QSMInputError(f"model must be an ISDUQSMNet, got {type(model).__name__}")
+    phi = np.asarray(phi_ppm)
+    if phi.ndim != 3 or min(phi.shape) < 1:
+        raise QSMInputError(f"field must be a 3-D array, got shape {phi.shape}")
+    if not np.issubdtype(phi.dtype, np.floating) and not np.issubdtype(phi.dtype, np.integer):
+        raise QSMInputError(f"field must be real numbers (ppm), got dtype {phi.dtype}")
+    m = np.asarray(mask)
+    if m.shape != phi.shape:
+        raise QSMInputError(f"mask grid {m.shape} does not match the field grid {phi.shape}")
+    if m.dtype != bool:
+        if not np.issubdtype(m.dtype, np.number) or not np.all(np.isfinite(m)):
+            raise QSMInputError("mask must be finite numbers or booleans")
+        m = m > 0.5
+    if not m.any():
+        raise QSMInputError("mask is empty (no voxel is set)")
+    bad = ~np.isfinite(phi) & m
+    if bad.any():
+        raise QSMInputError(f"field has {int(bad.sum())} NaN/inf voxel(s) inside the mask")
+    vox = check_voxel_size(voxel_size)
+    b0 = normalise_b0_dir(b0_dir)
+    if tile_size is not None and int(tile_size) < 1:
+        raise QSMInputError(f"tile_size must be >= 1 or None, got {tile_size}")
+    if int(halo) < 0:
+        raise QSMInputError(f"halo must be >= 0, got {halo}")
+    if int(pad_multiple) < 1:
+        raise QSMInputError(f"pad_multiple must be >= 1, got {pad_multiple}")
+    if dtype not in (torch.float32, torch.float64):
+        raise QSMInputError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    dev = resolve_device(device)
+    if tile_size is not None and int(halo) < receptive_radius(model):
+        log.warning(
+            "tile halo %d < the denoiser's receptive radius %d: tiled and whole-volume results "
+            "will differ",
+            int(halo),
+            receptive_radius(model),
+        )
+
+    np_dtype = np.float64 if dtype == torch.float64 else np.float32
+    field = np.where(m, phi, 0).astype(np_dtype)
+    widths = pad_widths(phi.shape, int(pad_multiple))
+    if any(a or b for a, b in widths):
+        field = np.pad(field, widths)
+        m_pad = np.pad(m, widths)
+    else:
+        m_pad = m
+    padded = field.shape
+    crop = tuple(slice(a, a + n) for (a, _), n in zip(widths, phi.shape, strict=True))
+
+    was_training = model.training
+    model.eval()
+    model.to(dev)
+    try:
+        kernel = isdu_kernel(padded, vox, b0, device=dev).to(dtype)
+        phi_t = torch.from_numpy(np.ascontiguousarray(field))[None, None].to(dev)
+        mask_t = torch.from_numpy(np.ascontiguousarray(m_pad))[None, None].to(dev, dtype)
+        with torch.no_grad(), tiled_denoisers(model, tile_size, int(halo)):
+            chi_t = model(phi_t, mask_t, kernel)
+        chi = chi_t[0, 0].detach().to("cpu", torch.float32).numpy()
+    finally:
+        model.train(was_training)
+    chi = np.ascontiguousarray(chi[crop])
+    chi[~m] = 0.0
+    return chi
+
+
+# --------------------------------------------------------------------------------------------
+# Weights and the command-line / pipeline entry point
+
+#: Where a build may ship default weights (not shipped yet: --weights is then required).
+DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "data" / "isdu_default.pt"
+
+NO_DEFAULT_WEIGHTS = (
+    "no shipped ISDU-QSMNet weights in this build; pass --weights FILE "
+    "(pipeline presets: [inversion.options.isdu] weights = FILE)"
+)
+
+#: Environment variables giving the torch thread count of one pipeline node (first set wins).
+THREAD_ENV_VARS = ("QSMFLOW_TORCH_THREADS", "OMP_NUM_THREADS")
+
+
+def resolve_weights(weights: str | os.PathLike | None) -> Path:
+    """``weights`` as a Path, or the shipped default; QSMInputError when neither exists."""
+    if weights is None or str(weights) == "":
+        if not DEFAULT_WEIGHTS.is_file():
+            raise QSMInputError(NO_DEFAULT_WEIGHTS)
+        return DEFAULT_WEIGHTS
+    path = Path(weights)
+    if not path.is_file():
+        raise QSMInputError("ISDU-QSMNet weights file not found", str(path))
+    return path
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_inference_model(
+    weights: str | os.PathLike | None = None,
+    *,
+    iterations: int | None = None,
+    shared_weights: bool | None = None,
+) -> tuple[ISDUQSMNet, dict[str, Any]]:
+    """Load a model with :func:`~qsmflow.models.checkpoints.load_isdu` (``weights_only``).
+
+    ``weights``: a qsmflow checkpoint, the authors' single-denoiser ``.pth`` (every one of the
+    K denoisers a copy; K = 4 unshared unless ``iterations``/``shared_weights`` say otherwise)
+    or their unshared ``model_*.pt`` dict; None = the shipped default (:data:`DEFAULT_WEIGHTS`).
+    ``iterations`` (K) and ``shared_weights`` override the file's where it allows; a checkpoint
+    that fixes them otherwise is an error. Returns ``(model, info)`` with info = {weights,
+    weights_sha256, iterations, shared_weights, default_weights}.
+    """
+    path = resolve_weights(weights)
+    overrides: dict[str, Any] = {}
+    if iterations is not None:
+        if int(iterations) < 1:
+            raise QSMInputError(f"iterations must be >= 1, got {iterations}")
+        overrides["n_iterations"] = int(iterations)
+    if shared_weights is not None:
+        overrides["shared_weights"] = bool(shared_weights)
+    model = load_isdu(path, **overrides)
+    if iterations is not None and model.n_iterations != int(iterations):
+        raise QSMInputError(
+            f"this checkpoint fixes K = {model.n_iterations}; cannot run K = {iterations}",
+            str(path),
+        )
+    if shared_weights is not None and model.shared_weights != bool(shared_weights):
+        raise QSMInputError(
+            f"this checkpoint has shared_weights = {model.shared_weights}", str(path)
+        )
+    info = {
+        "weights": str(path),
+        "weights_sha256": file_sha256(path),
+        "iterations": model.n_iterations,
+        "shared_weights": model.shared_weights,
+        "default_weights": weights is None or str(weights) == "",
+    }
+    return model, info
+
+
+def apply_thread_env() -> int | None:
+    """``torch.set_num_threads(n)`` from ``$QSMFLOW_TORCH_THREADS`` or ``$OMP_NUM_THREADS``.
+
+    ``qsmflow run --plugin MultiProc`` sets OMP_NUM_THREADS=1 for its workers, so each ISDU
+    node uses one torch thread there; with neither variable set torch's default is kept.
+    Returns the thread count set, or None.
+    """
+    for var in THREAD_ENV_VARS:
+        value = os.environ.get(var, "").strip()
+        if value:
+            try:
+                n = int(value)
+            except ValueError:
+                continue
+            if n >= 1:
+                torch.set_num_threads(n)
+                return n
+    return None
+
+
+def invert_isdu(
+    phi_ppm: np.ndarray,
+    mask: np.ndarray,
+    voxel_size: Sequence[float],
+    b0_dir: Sequence[float],
+    *,
+    weights: str | os.PathLike | None = None,
+    iterations: int | None = None,
+    shared_weights: bool | None = None,
+    device: str = "auto",
+    tile_size: int | None = None,
+    halo: int = 20,
+    pad_multiple: int = 16,
+    float64: bool = False,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Load the weights and run :func:`predict_volume`: what ``qsmflow invert --method isdu``
+    and the pipeline's ``isdu`` node do. ``float64`` runs the whole network in float64.
+
+    Returns ``(chi float32 ppm, info)``; info holds the weights file and its sha256, K, shared,
+    the device used, tile_size, halo, pad_multiple and the dtype (for the JSON sidecar).
+    """
+    if tile_size is not None and int(tile_size) < 1:
+        raise QSMInputError(f"tile size must be >= 1, got {tile_size}")
+    dev = resolve_device(device)
+    model, info = load_inference_model(
+        weights, iterations=iterations, shared_weights=shared_weights
+    )
+    dtype = torch.float64 if float64 else torch.float32
+    if float64:
+        model = model.double()
+    chi = predict_volume(
+        model,
+        phi_ppm,
+        mask,
+        voxel_size,
+        b0_dir,
+        device=dev,
+        tile_size=None if tile_size is None else int(tile_size),
+        halo=halo,
+        pad_multiple=pad_multiple,
+        dtype=dtype,
+    )
+    info.update(
+        device=str(dev),
+        tile_size=None if tile_size is None else int(tile_size),
+        halo=int(halo),
+        pad_multiple=int(pad_multiple),
+        dtype="float64" if float64 else "float32",
+    )
+    return chi, info
