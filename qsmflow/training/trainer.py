@@ -47,7 +47,6 @@ import math
 import os
 import random
 import re
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -835,14 +834,13 @@ class Trainer:
 
     def _write_csv(self) -> None:
         """Rewrite the CSV log from the history (atomic; also drops rows past a resume)."""
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.log_path.name}.tmp-", dir=self.log_path.parent)
-        with os.fdopen(fd, "w", newline="") as fh:
+        from ..io.atomic import atomic_path
+
+        with atomic_path(self.log_path) as tmp, open(tmp, "w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
             w.writeheader()
             for row in self.history:
                 w.writerow({k: _fmt(row.get(k)) for k in CSV_FIELDS})
-        os.replace(tmp, self.log_path)
 
     def _write_config(self) -> None:
         info = {
