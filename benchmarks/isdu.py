@@ -7,7 +7,8 @@ K = 4 unshared model on 160^3 and 224x224x126 (0.982x0.982x1 mm, oblique B0), wh
 tiled (``--tile`` voxels, halo 20). The weights are **random** (``ISDUQSMNet()`` as
 constructed): the cost does not depend on the weight values (closed-form data consistency,
 p = 2), so timings hold for trained weights too. Goals: 160^3 at K = 4 in <= 60 s and <= 6 GB
-on the CPU.
+on the CPU. ``--shipped`` times the shipped default weights instead (``qsmflow/data/
+isdu_default.pt``: K = 2 unshared, width 16), i.e. what ``qsmflow invert --method isdu`` runs.
 
 Training step (patches/s): 64^3 patches, K = 4 unshared, batch 2, forward + backward + Adam
 (lr 1e-4) with the authors' combined L1 loss (qsmflow.training.losses.combined_l1_loss).
@@ -123,14 +124,26 @@ def measure_cuda(setup, step, repeats: int, warmup: bool) -> dict:
 # -------------------------------------------------------------------------------- cases
 
 
-def inference_case(shape, n_iterations: int, tile: int | None, device: str):
+WIDTH = {"value": 32}  # denoiser width of the random-weight model (--width)
+
+
+def _model(n_iterations: int, shipped: bool):
+    """The paper's architecture (random weights, K unshared) or the shipped default weights."""
+    import torch
+
+    from qsmflow.models import ISDUQSMNet
+
+    torch.manual_seed(0)
+    if shipped:
+        from qsmflow.models.inference import load_inference_model
+
+        return load_inference_model(None)[0]
+    return ISDUQSMNet(n_iterations=n_iterations, shared_weights=False, width=WIDTH["value"])
+
+
+def inference_case(shape, n_iterations: int, tile: int | None, device: str, shipped=False):
     def setup():
-        import torch
-
-        from qsmflow.models import ISDUQSMNet
-
-        torch.manual_seed(0)
-        model = ISDUQSMNet(n_iterations=n_iterations, shared_weights=False).eval().to(device)
+        model = _model(n_iterations, shipped).eval().to(device)
         phi, mask = _volume(shape)
         return model, phi, mask
 
@@ -143,14 +156,13 @@ def inference_case(shape, n_iterations: int, tile: int | None, device: str):
     return setup, step
 
 
-def training_case(patch: int, batch: int, n_iterations: int, device: str):
+def training_case(patch: int, batch: int, n_iterations: int, device: str, shipped=False):
     def setup():
         import torch
 
-        from qsmflow.models import ISDUQSMNet, isdu_kernel
+        from qsmflow.models import isdu_kernel
 
-        torch.manual_seed(0)
-        model = ISDUQSMNet(n_iterations=n_iterations, shared_weights=False).to(device).train()
+        model = _model(n_iterations, shipped).to(device).train()
         opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
         shape = (patch,) * 3
         kernel = isdu_kernel(shape, (1, 1, 1), (0, 0, 1), device=device)
@@ -190,11 +202,23 @@ def main() -> None:
     ap.add_argument("--big", type=int, nargs=3, default=(224, 224, 126), help="second shape")
     ap.add_argument("--skip-inference", action="store_true")
     ap.add_argument("--skip-training", action="store_true")
+    ap.add_argument("--width", type=int, default=32, help="denoiser width, random weights (32)")
+    ap.add_argument(
+        "--shipped",
+        action="store_true",
+        help="time the shipped weights' architecture (qsmflow/data/isdu_default.pt: K and width "
+        "from the file) instead of the paper's (width 32, K = --iterations)",
+    )
     args = ap.parse_args()
 
     import torch
 
     k = args.iterations
+    WIDTH["value"] = args.width
+    if args.shipped:
+        from qsmflow.models.inference import load_inference_model
+
+        k = load_inference_model(None)[0].n_iterations
     quick = args.quick
     repeats = args.repeats or 1
     warmup = not quick
@@ -230,23 +254,29 @@ def main() -> None:
                 name = f"infer {'x'.join(map(str, shape))} K={n_it} " + (
                     f"tile {tile}" if tile else "whole"
                 )
+                if args.shipped:
+                    name = "shipped " + name
                 goal = shape == (160, 160, 160) and n_it == 4 and device == "cpu"
-                setup, step = inference_case(shape, n_it, tile, device)
+                setup, step = inference_case(shape, n_it, tile, device, args.shipped)
                 r = measure(setup, step, repeats, warmup)
                 record(name, device, r, 60.0 if goal else None, 6144.0 if goal else None)
         if not args.skip_training:
             patch = cpu_patch if device == "cpu" else 64
-            setup, step = training_case(patch, args.train_batch, k, device)
+            setup, step = training_case(patch, args.train_batch, k, device, args.shipped)
             r = measure(setup, step, train_repeats, True)
             rate = args.train_batch / r["best_s"]
             eq = rate * (patch / 64) ** 3
             name = f"train step {patch}^3 b{args.train_batch} K={k}"
+            if args.shipped:
+                name = "shipped " + name
             record(name, device, r, rate=(rate, eq))
 
     threads = torch.get_num_threads()
     print(
         f"\nISDU-QSMNet benchmark ({os.cpu_count()} cores, torch {torch.__version__}, "
-        f"{threads} threads; random weights; {'quick: no warm-up, ' if quick else ''}"
+        f"{threads} threads; "
+        f"{'shipped' if args.shipped else f'random width-{args.width}'} weights; "
+        f"{'quick: no warm-up, ' if quick else ''}"
         f"{repeats} timed call(s))"
     )
     header = (

@@ -36,7 +36,7 @@ UNWRAPPING = ("auto", "laplacian", "lsq", "temporal")
 INVERSIONS = ("tkd", "tsvd", "cfl2", "ndi", "star", "isdu")
 #: Options of the ``isdu`` inversion (keywords of qsmflow.models.inference.invert_isdu):
 #: weights (checkpoint file; relative paths are taken from the directory ``qsmflow run`` is
-#: started in; default: the shipped weights, absent in this build), iterations (K),
+#: started in; default: the shipped qsmflow/data/isdu_default.pt), iterations (K),
 #: shared_weights (bool), device (auto, cpu, cuda), tile_size (voxels) and halo (voxels).
 ISDU_OPTIONS = ("weights", "iterations", "shared_weights", "device", "tile_size", "halo")
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -461,6 +463,49 @@ def test_cli_evaluate(tmp_path, phantom, capsys):
     data = json.loads(out.read_text())
     assert "nrmse_tissue" not in data["qsmci"]
     assert {r["label"]: r["name"] for r in data["rois"]}[8] == "WM"
+
+
+def test_cli_evaluate_several_recons(tmp_path, capsys):
+    """Several RECONs: a full report each, then a comparison table with the best marked."""
+    from qsmflow.cli.evaluate import COMPARISON_COLUMNS
+    from qsmflow.cli.main import main
+
+    recon, truth, mask, _ = _phantom(n=24)
+    rng = np.random.default_rng(3)
+    good = truth + 0.002 * rng.standard_normal(truth.shape)
+    f_ref = _write(tmp_path / "ref.nii.gz", truth.astype(np.float32))
+    f_mask = _write(tmp_path / "mask.nii.gz", mask)
+    f_good = _write(tmp_path / "good.nii.gz", good.astype(np.float32))
+    f_bad = _write(tmp_path / "bad.nii", np.nan_to_num(recon).astype(np.float32))
+    out = tmp_path / "metrics.json"
+    assert main(["evaluate", f_bad, f_good, "-r", f_ref, "-m", f_mask, "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("QSM-CI metrics") == 2
+    table = printed[printed.index("Comparison") :].splitlines()
+    rows = {ln.split()[0]: ln.split()[1:] for ln in table[4:6]}
+    assert set(rows) == {"bad", "good"}
+    # the near-perfect reconstruction is best in every column
+    assert all(cell.endswith("*") for cell in rows["good"])
+    assert not any(cell.endswith("*") for cell in rows["bad"])
+    data = json.loads(out.read_text())
+    assert [r["files"]["recon"] for r in data["results"]] == [f_bad, f_good]
+    for r, path in zip(data["results"], (f_bad, f_good), strict=True):
+        vol = nib.load(path).get_fdata()
+        want = M.score(vol, truth.astype(np.float32), mask)
+        for fam, key, _ in COMPARISON_COLUMNS:
+            assert r[fam][key] == pytest.approx(want[fam][key], rel=1e-9), (path, fam, key)
+        assert float(rows[_stem(path)][0].rstrip("*")) == pytest.approx(
+            want["qsmci"]["nrmse"], abs=6e-5
+        )
+    # a bad RECON among several: exit 2 naming it, nothing printed for the others
+    f_small = _write(tmp_path / "small.nii.gz", np.zeros((8, 8, 8), np.float32))
+    assert main(["evaluate", f_good, f_small, "-r", f_ref, "-m", f_mask]) == 2
+    captured = capsys.readouterr()
+    assert "small.nii.gz" in captured.err and "QSM-CI metrics" not in captured.out
+
+
+def _stem(path: str) -> str:
+    return Path(path).name.removesuffix(".gz").removesuffix(".nii")
 
 
 def test_cli_evaluate_grid_errors(tmp_path, capsys):

@@ -16,7 +16,9 @@ HELP = "score a susceptibility map (ppm) against a reference: QSM-CI and 2016-ch
 
 DESCRIPTION = """\
 Score RECON against --reference inside --mask (voxels > 0). All three (and --labels) must be
-NIfTI files on the same grid (shape and affine). Susceptibility maps are in ppm.
+NIfTI files on the same grid (shape and affine). Susceptibility maps are in ppm. With several
+RECON files, one comparison table (a row per file, best value per column marked *) follows
+the full reports; --json then holds {"results": [one entry per RECON]}.
 
 Two families of metrics are reported, each matching one reference implementation:
   qsmci      QSM-CI score_arrays (qsm-ci 0.6.2 / QSM.rs): recon set to 0 outside the mask and
@@ -41,7 +43,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("recon", metavar="RECON", help="reconstructed susceptibility map (NIfTI, ppm)")
+    p.add_argument(
+        "recon",
+        metavar="RECON",
+        nargs="+",
+        help="reconstructed susceptibility map(s) (NIfTI, ppm); several: a comparison table",
+    )
     p.add_argument(
         "--reference", "-r", required=True, metavar="REF", help="reference map (NIfTI, ppm)"
     )
@@ -141,33 +148,89 @@ def format_report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+COMPARISON_COLUMNS = (
+    ("qsmci", "nrmse", "min"),
+    ("qsmci", "hfen", "min"),
+    ("qsmci", "xsim", "max"),
+    ("qsmci", "correlation", "max"),
+    ("challenge", "rmse", "min"),
+    ("challenge", "psnr", "max"),
+    ("challenge", "ssim", "max"),
+    ("challenge", "hfen", "min"),
+    ("challenge", "xsim", "max"),
+)
+
+
+def format_comparison(results: list[dict[str, Any]], names: list[str]) -> str:
+    """One row per reconstruction, the key metrics of both families; * marks the best."""
+    best = {}
+    for fam, key, how in COMPARISON_COLUMNS:
+        vals = [r[fam].get(key) for r in results]
+        finite = [v for v in vals if isinstance(v, float | int) and math.isfinite(v)]
+        best[(fam, key)] = (min if how == "min" else max)(finite) if finite else None
+    width = max(12, *(len(n) for n in names))
+    head1 = f"{'':<{width}s} " + " ".join(
+        f"{('QSM-CI' if fam == 'qsmci' else 'challenge'):>12s}" for fam, _, _ in COMPARISON_COLUMNS
+    )
+    head2 = f"{'recon':<{width}s} " + " ".join(
+        f"{key + (' ' + _UNITS[key] if key in _UNITS else ''):>12s}"
+        for _, key, _ in COMPARISON_COLUMNS
+    )
+    lines = ["Comparison (* = best in column)", head1, head2, "-" * len(head2)]
+    for name, r in zip(names, results, strict=True):
+        cells = []
+        for fam, key, _ in COMPARISON_COLUMNS:
+            v = r[fam].get(key)
+            mark = "*" if v is not None and v == best[(fam, key)] else " "
+            cells.append(f"{_fmt(v, '.4f') + mark:>12s}")
+        lines.append(f"{name:<{width}s} " + " ".join(cells))
+    return "\n".join(lines)
+
+
+def _load_inputs(args: argparse.Namespace, recon_path: str, cache: dict) -> tuple:
+    import numpy as np
+
+    from ..errors import QSMInputError
+    from ..io.nifti import load_volume
+
+    recon = load_volume(recon_path, dtype=np.float64)
+    others = [("reference", args.reference), ("mask", args.mask)]
+    if args.labels:
+        others.append(("labels", args.labels))
+    vols = {}
+    for what, path in others:
+        vol = cache.get(what)
+        if vol is None:
+            vol = load_volume(path, dtype=None if what == "labels" else np.float64)
+            cache[what] = vol
+        if vol.data.shape != recon.data.shape:
+            raise QSMInputError(
+                f"{what} grid {vol.data.shape} does not match RECON grid {recon.data.shape} "
+                f"({recon_path})",
+                str(path),
+            )
+        if not np.allclose(vol.affine, recon.affine, rtol=0.0, atol=1e-3):
+            raise QSMInputError(
+                f"{what} affine differs from RECON's ({recon_path}); resample onto one grid first",
+                str(path),
+            )
+        vols[what] = vol.data
+    return recon, vols
+
+
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..errors import QSMInputError
     from ..evaluation.metrics import score
     from ..evaluation.rois import load_label_names
-    from ..io.nifti import load_volume, write_json
+    from ..io.nifti import write_json
 
-    recon = load_volume(args.recon, dtype=np.float64)
-    others = [("reference", args.reference), ("mask", args.mask)]
-    if args.labels:
-        others.append(("labels", args.labels))
-    vols = {}
-    for what, path in others:
-        vol = load_volume(path, dtype=None if what == "labels" else np.float64)
-        if vol.data.shape != recon.data.shape:
-            raise QSMInputError(
-                f"{what} grid {vol.data.shape} does not match RECON grid {recon.data.shape} "
-                f"({args.recon})",
-                str(path),
-            )
-        if not np.allclose(vol.affine, recon.affine, rtol=0.0, atol=1e-3):
-            raise QSMInputError(
-                f"{what} affine differs from RECON's ({args.recon}); resample onto one grid first",
-                str(path),
-            )
-        vols[what] = vol.data
+    recons = list(args.recon)
+    cache: dict = {}
+    # check every input before scoring any (a bad file fails fast, naming it)
+    loaded = [_load_inputs(args, path, cache) for path in recons]
+    vols = loaded[0][1]
 
     mask = vols["mask"]
     if not np.all(np.isfinite(mask)):
@@ -188,22 +251,43 @@ def run(args: argparse.Namespace) -> int:
         labels = lab
     names = load_label_names(args.label_names) if args.label_names else None
 
-    result = score(recon.data, ref, mask, labels, label_names=names)
-    result["files"] = {
-        "recon": str(args.recon),
-        "reference": str(args.reference),
-        "mask": str(args.mask),
-        "labels": str(args.labels) if args.labels else None,
-    }
-    result["units"] = {
-        "susceptibility": "ppm",
-        "nrmse, nrmse_*, rmse, hfen": "percent",
-        "psnr": "dB",
-        "correlation, xsim, ssim, coverage, dgm_linearity, calc_streak": "dimensionless",
-        "calc_moment_dev": "ppm*voxel",
-    }
-    print(format_report(result))
+    results = []
+    for path, (recon, _) in zip(recons, loaded, strict=True):
+        result = score(recon.data, ref, mask, labels, label_names=names)
+        result["files"] = {
+            "recon": str(path),
+            "reference": str(args.reference),
+            "mask": str(args.mask),
+            "labels": str(args.labels) if args.labels else None,
+        }
+        result["units"] = {
+            "susceptibility": "ppm",
+            "nrmse, nrmse_*, rmse, hfen": "percent",
+            "psnr": "dB",
+            "correlation, xsim, ssim, coverage, dgm_linearity, calc_streak": "dimensionless",
+            "calc_moment_dev": "ppm*voxel",
+        }
+        if len(recons) > 1:
+            print(f"== {path}")
+        print(format_report(result))
+        if len(recons) > 1:
+            print()
+        results.append(result)
+    if len(recons) > 1:
+        print(format_comparison(results, [_short_name(p) for p in recons]))
     if args.json:
-        out = write_json(args.json, _clean(result))
+        payload = results[0] if len(results) == 1 else {"results": results}
+        out = write_json(args.json, _clean(payload))
         print(f"\nwrote {out}")
     return 0
+
+
+def _short_name(path: str) -> str:
+    """File name without the NIfTI extension (the comparison table's row label)."""
+    from pathlib import Path
+
+    name = Path(path).name
+    for ext in (".nii.gz", ".nii"):
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return name

@@ -26,6 +26,7 @@ SUBCOMMANDS = (
     "invert",
     "cosmos",
     "train",
+    "export_weights",
     "evaluate",
     "demo",
 )

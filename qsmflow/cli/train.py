@@ -11,7 +11,10 @@ HELP = "train ISDU-QSMNet (K=1 pre-training, then K unrolled iterations) from pa
 DESCRIPTION = """\
 Train ISDU-QSMNet on training pairs (local field phi in ppm, COSMOS chi in ppm, mask, B0
 direction per patch) written by `qsmflow run ... --pipeline training-data` (patch-set folders,
---patches) or simulated on the fly from the built-in phantom (--simulate N).
+--patches), simulated on the fly from the built-in phantom (--simulate N), or simulated patch
+by patch with augmentation from the QSM Challenge 2.0 head model and built-in phantoms (the
+preset's [phantoms] table, as in workflows/train-isdu-cpu.toml, the recipe of the shipped
+weights).
 
 The preset (--config, see workflows/train-isdu.toml) lists the stages, run in order, each in
 OUTPUT/<stage name>/ (a preset without [[stages]] trains one stage directly in OUTPUT):
@@ -120,7 +123,12 @@ def run(args: argparse.Namespace) -> int:
             seed=int(stages[0][1].get("seed", 0)),
         )
         val = PatchDataset(val_patches, dc_value=dc_value) if val_patches else None
-    elif count:
+    elif count or not preset.phantoms:
+        if not count:
+            raise QSMInputError(
+                "no training data: give --patches DIR ... or --simulate N (or [data] patches, "
+                "[simulate] count or [phantoms] count in the preset)"
+            )
         try:
             dataset = SimulatedPatchDataset(int(count), dc_value=dc_value, **sim)
             if val_count:
@@ -132,10 +140,7 @@ def run(args: argparse.Namespace) -> int:
         except TypeError as exc:
             raise QSMInputError(f"invalid [simulate] settings ({exc})", preset.source) from exc
     else:
-        raise QSMInputError(
-            "no training data: give --patches DIR ... or --simulate N (or [data] patches / "
-            "[simulate] count in the preset)"
-        )
+        dataset, val = _phantom_datasets(dict(preset.phantoms), dc_value, base_dir, preset.source)
 
     # ---------------------------------------------------------------- run the stages
     from ..training import ddp
@@ -187,6 +192,40 @@ def _run_stages(args, stages, output, single, dataset, val, source, rank0) -> No
             print(f"qsmflow train: stage {name}: {final} (log {stage_dir / cfg.log_csv})")
         previous = final
         first = False
+
+
+def _phantom_datasets(opts: dict, dc_value: float, base_dir: Path, source: str | None):
+    """[phantoms]: augmented patches simulated from the head model and built-in phantoms."""
+    from ..errors import QSMInputError
+    from ..training.synthetic import PhantomPatchDataset, default_data_dir
+
+    count = int(opts.pop("count", 0))
+    val_count = int(opts.pop("val_count", 0))
+    if count < 1:
+        raise QSMInputError("[phantoms] count must be >= 1", source)
+    hm = opts.get("head_model_dir")
+    if hm is None:
+        hm_dir = default_data_dir() / "qsm2_head_model"
+        if not hm_dir.is_dir():
+            raise QSMInputError(
+                f"[phantoms] needs the QSM Challenge 2.0 head model: {hm_dir} not found (set "
+                "QSMFLOW_TEST_DATA or head_model_dir; head_model_dir = '' trains on the built-in "
+                "phantom only)",
+                source,
+            )
+        opts["head_model_dir"] = str(hm_dir)
+    elif hm:
+        opts["head_model_dir"] = _path(hm, base_dir)
+    try:
+        dataset = PhantomPatchDataset(count, dc_value=dc_value, **opts)
+        val = None
+        if val_count:
+            vopts = dict(opts)
+            vopts["seed"] = int(opts.get("seed", 0)) + 7919  # other crops, contrasts, directions
+            val = PhantomPatchDataset(val_count, dc_value=dc_value, **vopts)
+    except TypeError as exc:
+        raise QSMInputError(f"invalid [phantoms] settings ({exc})", source) from exc
+    return dataset, val
 
 
 def _path(p: str, base: Path) -> str:

@@ -6,7 +6,7 @@ axes of the grid the fields live on (taken from the NIfTI affine for a single or
 
 ISDU-QSMNet (``method="isdu"``) takes the options of
 :func:`qsmflow.models.inference.invert_isdu`: ``weights`` (checkpoint file; default the shipped
-one, absent in this build), ``iterations`` (K), ``shared_weights``, ``device`` (auto, cpu,
+one, qsmflow/data/isdu_default.pt), ``iterations`` (K), ``shared_weights``, ``device`` (auto, cpu,
 cuda), ``tile_size``, ``halo``. Threads: torch uses ``$QSMFLOW_TORCH_THREADS`` or else
 ``$OMP_NUM_THREADS`` threads when either is set (``qsmflow run --plugin MultiProc`` sets
 OMP_NUM_THREADS=1 for its workers, so every node uses one), torch's default otherwise.

@@ -39,6 +39,8 @@ __all__ = [
     "FORMAT",
     "VERSION",
     "check_state_dict",
+    "checkpoint_extra",
+    "export_weights",
     "load_denoiser_state",
     "load_isdu",
     "read_checkpoint",
@@ -207,3 +209,38 @@ def save_isdu(
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def export_weights(
+    src: str | os.PathLike,
+    dest: str | os.PathLike,
+    provenance: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write an inference-only copy of a qsmflow checkpoint (config + weights + provenance).
+
+    Optimiser, RNG and sampler states are dropped; the training summary (epochs, loss history,
+    dataset description, settings) of ``src`` is kept under ``extra["training"]`` and
+    ``provenance`` (plain values: recipe, source files, notes) under ``extra["provenance"]``.
+    The model is rebuilt and strictly reloaded first, so a file that cannot be used for
+    inference is never written. Returns ``dest``.
+    """
+    source = str(src)
+    obj = read_checkpoint(src)
+    if not (isinstance(obj, Mapping) and obj.get("format") == FORMAT):
+        raise QSMInputError(f"not a {FORMAT} checkpoint (train with qsmflow first)", source)
+    model = load_isdu(src)
+    training = dict((obj.get("extra") or {}).get("training") or {})
+    for key in ("optimizer", "scaler", "rng", "sampler"):
+        training.pop(key, None)
+    extra: dict[str, Any] = {"training": training}
+    if provenance:
+        extra["provenance"] = dict(provenance)
+    return save_isdu(dest, model, extra=extra)
+
+
+def checkpoint_extra(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``extra`` dict of a qsmflow checkpoint (training summary, provenance); {} if none."""
+    obj = read_checkpoint(path)
+    if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
+        return dict(obj.get("extra") or {})
+    return {}

@@ -289,7 +289,8 @@ def predict_volume(
 # --------------------------------------------------------------------------------------------
 # Weights and the command-line / pipeline entry point
 
-#: Where a build may ship default weights (not shipped yet: --weights is then required).
+#: The shipped default weights (trained by workflows/train-isdu-cpu.toml, see README); a build
+#: without them needs --weights.
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "data" / "isdu_default.pt"
 
 NO_DEFAULT_WEIGHTS = (

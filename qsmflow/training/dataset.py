@@ -224,6 +224,20 @@ class PatchDataset(Dataset):
         return _item(phi * (mask != 0), chi, mask != 0, kernel, b0, index)
 
 
+def check_crop_settings(
+    length: int, patch_size: int, max_tilt_deg: float, min_mask_fraction: float
+) -> None:
+    """Common checks of the simulated datasets' settings (QSMInputError on a bad value)."""
+    if int(length) < 1:
+        raise QSMInputError(f"length must be >= 1, got {length!r}")
+    if int(patch_size) < 8:
+        raise QSMInputError(f"patch_size must be >= 8, got {patch_size!r}")
+    if not 0 <= float(max_tilt_deg) <= 90:
+        raise QSMInputError(f"max_tilt_deg must be in [0, 90], got {max_tilt_deg!r}")
+    if not 0 <= float(min_mask_fraction) < 1:
+        raise QSMInputError(f"min_mask_fraction must be in [0, 1), got {min_mask_fraction!r}")
+
+
 def random_b0_dirs(n: int, max_tilt_deg: float, rng: np.random.Generator) -> np.ndarray:
     """``n`` unit vectors tilted uniformly on the cap of half-angle ``max_tilt_deg`` about z."""
     cos_max = np.cos(np.deg2rad(max_tilt_deg))
@@ -270,18 +284,11 @@ class SimulatedPatchDataset(Dataset):
         min_mask_fraction: float = 0.125,
         dc_value: float = ISDU_DC_VALUE,
     ) -> None:
-        if int(length) < 1:
-            raise QSMInputError(f"length must be >= 1, got {length!r}")
-        if int(patch_size) < 8:
-            raise QSMInputError(f"patch_size must be >= 8, got {patch_size!r}")
+        check_crop_settings(length, patch_size, max_tilt_deg, min_mask_fraction)
         if int(n_subjects) < 1 or int(n_orientations) < 1:
             raise QSMInputError("n_subjects and n_orientations must be >= 1")
-        if not 0 <= float(max_tilt_deg) <= 90:
-            raise QSMInputError(f"max_tilt_deg must be in [0, 90], got {max_tilt_deg!r}")
         if not float(noise_std_ppm) >= 0:
             raise QSMInputError(f"noise_std_ppm must be >= 0, got {noise_std_ppm!r}")
-        if not 0 <= float(min_mask_fraction) < 1:
-            raise QSMInputError(f"min_mask_fraction must be in [0, 1), got {min_mask_fraction!r}")
         if not float(voxel_size) > 0:
             raise QSMInputError(f"voxel_size must be > 0 mm, got {voxel_size!r}")
         self.length = int(length)

@@ -970,6 +970,7 @@ class TrainPreset:
     data: dict[str, Any]
     simulate: dict[str, Any]
     source: str | None = None
+    phantoms: dict[str, Any] = dc_field(default_factory=dict)
 
 
 _DATA_KEYS = {"patches", "val_patches", "augment"}
@@ -987,6 +988,23 @@ _SIMULATE_KEYS = {
     "noise_std_ppm",
     "min_mask_fraction",
 }
+_PHANTOMS_KEYS = {
+    "count",
+    "val_count",
+    "patch_size",
+    "seed",
+    "head_model_dir",
+    "head_model_voxels",
+    "n_builtin",
+    "builtin_voxel",
+    "head_model_weight",
+    "max_tilt_deg",
+    "contrast",
+    "label_offset_ppm",
+    "texture_std_ppm",
+    "noise_std_ppm",
+    "min_mask_fraction",
+}
 
 
 def load_train_preset(path: str | os.PathLike) -> TrainPreset:
@@ -995,9 +1013,10 @@ def load_train_preset(path: str | os.PathLike) -> TrainPreset:
     Top-level keys are :class:`TrainConfig` settings shared by all stages; ``[[stages]]``
     entries (each with a ``name``) override them per stage and run in order (no ``[[stages]]``:
     one stage named "train"); ``init_from = "previous"`` takes the previous stage's
-    ``final.pt``. ``[data]`` (``patches``, ``val_patches``, ``augment``) and ``[simulate]``
+    ``final.pt``. ``[data]`` (``patches``, ``val_patches``, ``augment``), ``[simulate]``
     (:class:`~qsmflow.training.dataset.SimulatedPatchDataset` options plus ``count`` and
-    ``val_count``) describe the training data.
+    ``val_count``) and ``[phantoms]`` (:class:`~qsmflow.training.synthetic.PhantomPatchDataset`
+    options plus ``count`` and ``val_count``) describe the training data.
     """
     import tomllib
 
@@ -1011,8 +1030,13 @@ def load_train_preset(path: str | os.PathLike) -> TrainPreset:
         raise QSMInputError(f"not valid TOML ({exc})", src) from exc
     data = values.pop("data", {})
     simulate = values.pop("simulate", {})
+    phantoms = values.pop("phantoms", {})
     stages_raw = values.pop("stages", None)
-    for name, table, keys in (("data", data, _DATA_KEYS), ("simulate", simulate, _SIMULATE_KEYS)):
+    for name, table, keys in (
+        ("data", data, _DATA_KEYS),
+        ("simulate", simulate, _SIMULATE_KEYS),
+        ("phantoms", phantoms, _PHANTOMS_KEYS),
+    ):
         if not isinstance(table, dict):
             raise QSMInputError(f"[{name}] must be a table", src)
         unknown = sorted(set(table) - keys)
@@ -1051,7 +1075,13 @@ def load_train_preset(path: str | os.PathLike) -> TrainPreset:
                 check["init_from"] = "x"
             config_from_dict(check, src).validate(src)
             stages.append((name, merged))
-    return TrainPreset(stages=stages, data=dict(data), simulate=dict(simulate), source=src)
+    return TrainPreset(
+        stages=stages,
+        data=dict(data),
+        simulate=dict(simulate),
+        source=src,
+        phantoms=dict(phantoms),
+    )
 
 
 __all__ = [
