@@ -39,8 +39,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Sequence, Sized
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -423,7 +423,7 @@ def dataset_description(dataset: Dataset) -> str:
     """A JSON string describing ``dataset`` (for checkpoints and logs)."""
     describe = getattr(dataset, "describe", None)
     info = describe() if callable(describe) else {"kind": type(dataset).__name__}
-    info.setdefault("count", len(dataset))  # type: ignore[arg-type]
+    info.setdefault("count", len(cast(Sized, dataset)))
     return json.dumps(info, default=str, sort_keys=True)
 
 

@@ -48,11 +48,11 @@ import os
 import random
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from dataclasses import dataclass
 from dataclasses import field as dc_field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -449,7 +449,7 @@ class Trainer:
     # ------------------------------------------------------------------------- setup
     def _check_dataset(self, ds: Dataset, what: str) -> None:
         try:
-            n = len(ds)  # type: ignore[arg-type]
+            n = len(cast(Sized, ds))
         except TypeError as exc:
             raise QSMInputError(f"the {what} has no length (map-style dataset needed)") from exc
         if n < 1:
@@ -495,7 +495,7 @@ class Trainer:
         self.optimizer = torch.optim.Adam(params, lr=cfg.lr)
         self.loss_fn = make_loss(cfg.loss)
         self.sampler = ddp.RandomSubsetSampler(
-            len(self.dataset),  # type: ignore[arg-type]
+            len(cast(Sized, self.dataset)),
             cfg.batch_size,
             cfg.patches_per_epoch,
             seed=cfg.seed,
@@ -555,7 +555,7 @@ class Trainer:
             diffs.append(
                 f"world_size: checkpoint {tr.get('world_size')}, now {self.dist.world_size}"
             )
-        n = len(self.dataset)  # type: ignore[arg-type]
+        n = len(cast(Sized, self.dataset))
         if tr.get("dataset_length") != n:
             diffs.append(f"dataset length: checkpoint {tr.get('dataset_length')}, now {n}")
         if diffs:
@@ -760,7 +760,7 @@ class Trainer:
         if self.val_dataset is None:
             return None
         info = self.dist
-        n = len(self.val_dataset)  # type: ignore[arg-type]
+        n = len(cast(Sized, self.val_dataset))
         indices = list(range(info.rank, n, info.world_size))
         model = _unwrap(self.model)
         model.eval()
@@ -789,7 +789,7 @@ class Trainer:
             "sampler": self.sampler.state_dict(),
             "config": self.cfg.to_dict(),
             "world_size": self.dist.world_size,
-            "dataset_length": len(self.dataset),  # type: ignore[arg-type]
+            "dataset_length": len(cast(Sized, self.dataset)),
             "dataset": dataset_description(self.dataset),
             "history": [dict(h) for h in self.history],
             "torch_version": str(torch.__version__),
@@ -802,7 +802,7 @@ class Trainer:
             "epoch": int(epoch),
             "config": self.cfg.to_dict(),
             "world_size": self.dist.world_size,
-            "dataset_length": len(self.dataset),  # type: ignore[arg-type]
+            "dataset_length": len(cast(Sized, self.dataset)),
             "dataset": dataset_description(self.dataset),
             "history": [dict(h) for h in self.history],
             "kernel_dc_value": float(self.cfg.kernel_dc_value),
