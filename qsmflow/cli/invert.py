@@ -233,7 +233,7 @@ def _run_isdu(args: argparse.Namespace, vol, mask, b0_dir) -> int:
 
     from ..errors import QSMInputError
     from ..io.nifti import save_volume
-    from ..models.inference import invert_isdu
+    from ..models.inference import invert_isdu, isdu_sidecar
 
     for flag, value in (
         ("--threshold", args.threshold),
@@ -270,14 +270,8 @@ def _run_isdu(args: argparse.Namespace, vol, mask, b0_dir) -> int:
         "B0Direction": [float(x) for x in b0_dir],
         "B0DirectionSource": "--b0-dir" if args.b0_dir is not None else "affine",
         "VoxelSizeMM": [float(x) for x in vol.voxel_size],
-        "Weights": info["weights"],
-        "WeightsSHA256": info["weights_sha256"],
-        "Iterations": info["iterations"],
-        "SharedWeights": info["shared_weights"],
-        "Device": info["device"],
-        "TileSize": info["tile_size"],
+        **isdu_sidecar(info),
         "Parameters": info,
-        "DipoleKernelDC": 1.0 / 3.0,
     }
     dtype = np.float64 if args.float64 else np.float32
     out = save_volume(args.output, chi, vol.affine, dtype=dtype, sidecar=sidecar)

@@ -60,19 +60,11 @@ class DipoleInversion(SimpleInterface):
         extra = {}
         if self.inputs.method == "isdu":
             from ..config import check_isdu_options
-            from ..models.inference import apply_thread_env, invert_isdu
+            from ..models.inference import apply_thread_env, invert_isdu, isdu_sidecar
 
             apply_thread_env()
             chi, info = invert_isdu(field, mask, fvol.voxel_size, b0, **check_isdu_options(options))
-            extra = {
-                "Weights": info["weights"],
-                "WeightsSHA256": info["weights_sha256"],
-                "Iterations": info["iterations"],
-                "SharedWeights": info["shared_weights"],
-                "Device": info["device"],
-                "TileSize": info["tile_size"],
-                "DipoleKernelDC": 1.0 / 3.0,
-            }
+            extra = isdu_sidecar(info)
         else:
             chi = invert(self.inputs.method, field, mask, fvol.voxel_size, b0, **options)
         meta = {

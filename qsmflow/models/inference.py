@@ -61,6 +61,7 @@ __all__ = [
     "apply_thread_env",
     "file_sha256",
     "invert_isdu",
+    "isdu_sidecar",
     "load_inference_model",
     "pad_widths",
     "predict_volume",
@@ -363,6 +364,19 @@ def load_inference_model(
         "default_weights": weights is None or str(weights) == "",
     }
     return model, info
+
+
+def isdu_sidecar(info: dict[str, Any]) -> dict[str, Any]:
+    """The JSON sidecar entries describing an ISDU run (from :func:`invert_isdu`'s info)."""
+    return {
+        "Weights": info["weights"],
+        "WeightsSHA256": info["weights_sha256"],
+        "Iterations": info["iterations"],
+        "SharedWeights": info["shared_weights"],
+        "Device": info["device"],
+        "TileSize": info["tile_size"],
+        "DipoleKernelDC": 1.0 / 3.0,
+    }
 
 
 def apply_thread_env() -> int | None:
