@@ -21,10 +21,12 @@ from qsmflow.io.nifti import load_volume, save_volume
 from qsmflow.models import ISDUQSMNet, inference, isdu_kernel, load_isdu, save_isdu
 from qsmflow.models.inference import (
     TiledDenoiser,
+    fused_denoisers,
     pad_widths,
     predict_volume,
     tiled_denoisers,
 )
+from qsmflow.models.wideresnet import FusedWideResNet, WideResNet, fold_batchnorm
 from qsmflow.physics.geometry import b0_dir_from_affine, rotation_matrix
 
 K1_PTH = "k1_full_Spinet_QSM_model_26_.pth"
@@ -171,6 +173,74 @@ def test_tiled_equals_untiled_authors_weights(k1_model, ref_inputs):
         k1_model, phi, mask, (1, 1, 1), (0, 0, 1), device="cpu", tile_size=32, halo=6
     )
     assert np.abs(a - c).max() > 1e-3
+
+
+# ------------------------------------------------------------------- fused denoisers
+
+
+def test_fold_batchnorm_equals_conv_then_bn():
+    torch.manual_seed(3)
+    for bias in (False, True):
+        conv = torch.nn.Conv3d(3, 5, 3, padding=1, bias=bias).double()
+        bn = torch.nn.BatchNorm3d(5).double().eval()
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.1, 3)
+        bn.weight.data.uniform_(-2, 2)
+        bn.bias.data.uniform_(-1, 1)
+        x = torch.randn(2, 3, 7, 6, 5, dtype=torch.float64)
+        with torch.no_grad():
+            expected = bn(conv(x))
+            got = fold_batchnorm(conv, bn)(x)
+        assert got.dtype == torch.float64
+        assert float((got - expected).abs().max()) < 1e-12 * float(expected.abs().max())
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_fused_wideresnet_equals_eval_network(channels_last):
+    model = _tiny_model(1, seed=4)
+    net = model.denoisers[0]
+    x = torch.randn(2, 2, 12, 10, 9)
+    fused = FusedWideResNet(net, channels_last=channels_last)
+    with torch.no_grad():
+        expected, got = net(x), fused(x)
+    assert got.is_contiguous() and got.shape == expected.shape
+    assert float((got - expected).abs().max()) < 1e-5 * float(expected.abs().max())
+    # float64 network: agreement to float64 rounding (the folding itself is exact)
+    net64 = _tiny_model(1, seed=4).double().denoisers[0]
+    with torch.no_grad():
+        e64, g64 = (
+            net64(x.double()),
+            FusedWideResNet(net64, channels_last=channels_last)(x.double()),
+        )
+    assert float((g64 - e64).abs().max()) < 1e-12 * float(e64.abs().max())
+    assert fused.lambda_val is net.lambda_val and fused.p is net.p
+    assert not any(p.requires_grad for p in fused.gen.parameters())
+    with pytest.raises(RuntimeError, match="inference only"):
+        fused.train()
+
+
+def test_fused_denoisers_swap_restore_and_equal_results():
+    model = _tiny_model(3, shared=False, seed=5)
+    originals = list(model.denoisers)
+    with fused_denoisers(model):
+        assert all(isinstance(d, FusedWideResNet) for d in model.denoisers)
+    assert list(model.denoisers) == originals
+    with pytest.raises(RuntimeError, match="boom"), fused_denoisers(model):
+        raise RuntimeError("boom")
+    assert list(model.denoisers) == originals
+    with fused_denoisers(model, enabled=False):
+        assert list(model.denoisers) == originals
+    shape = (30, 26, 21)
+    phi, mask = _case(shape, seed=5)
+    args = (model, phi, mask, (1, 1, 1.2), (0.2, 0, 1))
+    plain = predict_volume(*args, device="cpu", fuse=False)
+    fused = predict_volume(*args, device="cpu")
+    tiled = predict_volume(*args, device="cpu", tile_size=16, halo=5)
+    scale = np.abs(plain).max()
+    assert scale > 1e-3
+    assert np.abs(fused - plain).max() < 1e-5 * scale
+    assert np.abs(tiled - plain).max() < 1e-5 * scale
+    assert all(isinstance(d, WideResNet) for d in model.denoisers)
 
 
 # --------------------------------------------------------------------------- reference

@@ -213,8 +213,9 @@ def test_loss_decreases(tmp_path, sim16):
     assert [p for _, p in list_checkpoints(tmp_path / "run")][-1].name == "epoch_0006.pt"
 
 
-def test_resume_is_bit_exact(tmp_path, sim16):
-    kw = dict(patches_per_epoch=4, seed=11)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_resume_is_bit_exact(tmp_path, sim16, channels_last):
+    kw = dict(patches_per_epoch=4, seed=11, channels_last=channels_last)
     train(_cfg(tmp_path / "full", epochs=2, **kw), sim16)
     train(_cfg(tmp_path / "cut", epochs=1, **kw), sim16)  # "killed" after epoch 1
     assert len(list_checkpoints(tmp_path / "cut")) == 1
@@ -236,6 +237,19 @@ def test_resume_is_bit_exact(tmp_path, sim16):
     # an existing run is never silently overwritten
     with pytest.raises(QSMInputError, match="resume"):
         Trainer(_cfg(tmp_path / "cut", epochs=2, **kw), sim16)
+
+
+def test_channels_last_changes_only_the_layout(tmp_path, sim16):
+    """channels_last = true trains the same model up to float rounding."""
+    kw = dict(epochs=1, patches_per_epoch=4, seed=4, model={**TINY_MODEL, "dropout": 0.0})
+    sa = _state(train(_cfg(tmp_path / "plain", **kw), sim16))
+    sb = _state(train(_cfg(tmp_path / "cl", channels_last=True, **kw), sim16))
+    for key in sa:
+        if sa[key].is_floating_point():
+            scale = float(sa[key].abs().max()) + 1e-12
+            assert float((sa[key] - sb[key]).abs().max()) < 1e-4 * scale, key
+    with pytest.raises(QSMInputError, match="channels_last must be true or false"):
+        _cfg(tmp_path / "x", channels_last="yes").validate()
 
 
 def test_loader_workers_do_not_change_the_result(tmp_path, sim16):

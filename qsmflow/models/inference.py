@@ -17,6 +17,10 @@ susceptibility map (ppm), with the conventions of the trained model:
   the model's training flag is restored afterwards. ``device="auto"`` picks CUDA when
   available, else the CPU; the model is moved there (in place, as ``nn.Module.to``) and stays.
   The output is masked and returned as float32 ppm on the input grid.
+* **Fused denoisers** (``fuse=True``, the default): every denoiser runs as a
+  :class:`~qsmflow.models.wideresnet.FusedWideResNet`, BatchNorm folded into the convolutions
+  and the ``channels_last_3d`` memory layout: the same function up to float rounding (~1e-6
+  relative), about 2x faster on the CPU. The model itself is not changed.
 * **Tiling** (``tile_size``): bounded memory for large volumes. Each denoiser application runs
   on overlapping tiles: cubes of ``tile_size`` voxels (smaller at the far faces), each
   extended by ``halo`` voxels on every side that lies inside the volume; only the tile's own
@@ -52,6 +56,7 @@ from ..errors import QSMInputError
 from ..physics.kernel import check_voxel_size, normalise_b0_dir
 from .checkpoints import load_isdu
 from .isdu import ISDUQSMNet, isdu_kernel
+from .wideresnet import FusedWideResNet, WideResNet
 
 __all__ = [
     "DEFAULT_WEIGHTS",
@@ -60,6 +65,7 @@ __all__ = [
     "TiledDenoiser",
     "apply_thread_env",
     "file_sha256",
+    "fused_denoisers",
     "invert_isdu",
     "isdu_sidecar",
     "load_inference_model",
@@ -188,6 +194,27 @@ def tiled_denoisers(
             model.denoisers[i] = net
 
 
+@contextlib.contextmanager
+def fused_denoisers(model: ISDUQSMNet, enabled: bool = True) -> Iterator[ISDUQSMNet]:
+    """Temporarily replace every ``model.denoisers[i]`` by its :class:`FusedWideResNet`.
+
+    For inference (eval mode, no gradients): BatchNorm folded, channels_last_3d. The original
+    modules are put back on exit, also when the body raises; ``enabled=False`` changes
+    nothing, and so does a model whose denoisers are not plain :class:`WideResNet` modules.
+    """
+    originals = list(model.denoisers)
+    if not enabled or not all(isinstance(net, WideResNet) for net in originals):
+        yield model
+        return
+    try:
+        for i, net in enumerate(originals):
+            model.denoisers[i] = FusedWideResNet(net)
+        yield model
+    finally:
+        for i, net in enumerate(originals):
+            model.denoisers[i] = net
+
+
 def predict_volume(
     model: ISDUQSMNet,
     phi_ppm: np.ndarray,
@@ -200,6 +227,7 @@ def predict_volume(
     halo: int = 20,
     pad_multiple: int = 16,
     dtype: torch.dtype = torch.float32,
+    fuse: bool = True,
 ) -> np.ndarray:
     """Susceptibility (ppm) of a whole local field with an ISDU-QSMNet model.
 
@@ -215,6 +243,8 @@ def predict_volume(
     pad_multiple : pad every axis to a multiple of this (16; 1 = no padding).
     dtype : float32 or float64 for the field, kernel and data-consistency step; the denoisers
         run in their parameters' dtype (``model.double()`` for a float64 network).
+    fuse : run the denoisers with BatchNorm folded and channels_last_3d (faster, equal up to
+        float rounding; see :func:`fused_denoisers`).
 
     Returns
     -------
@@ -277,7 +307,11 @@ def predict_volume(
         kernel = isdu_kernel(padded, vox, b0, device=dev).to(dtype)
         phi_t = torch.from_numpy(np.ascontiguousarray(field))[None, None].to(dev)
         mask_t = torch.from_numpy(np.ascontiguousarray(m_pad))[None, None].to(dev, dtype)
-        with torch.no_grad(), tiled_denoisers(model, tile_size, int(halo)):
+        with (
+            torch.no_grad(),
+            fused_denoisers(model, bool(fuse)),
+            tiled_denoisers(model, tile_size, int(halo)),
+        ):
             chi_t = model(phi_t, mask_t, kernel)
         chi = chi_t[0, 0].detach().to("cpu", torch.float32).numpy()
     finally:

@@ -18,10 +18,18 @@ With the defaults (2 -> 32 -> 2 channels, 8 blocks) the network has 447,232 weig
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import Tensor, nn
 
-__all__ = ["WideBasicBlock", "WideResNet"]
+__all__ = [
+    "FusedWideResNet",
+    "WideBasicBlock",
+    "WideResNet",
+    "fold_batchnorm",
+    "to_channels_last_3d",
+]
 
 
 class WideBasicBlock(nn.Module):
@@ -96,3 +104,111 @@ class WideResNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """(B, in_channels, X, Y, Z) -> (B, out_channels, X, Y, Z); no global skip."""
         return self.gen(x)
+
+
+# --------------------------------------------------------------------------------------------
+# Inference form: BatchNorm folded into the convolutions
+
+
+def fold_batchnorm(conv: nn.Conv3d, bn: nn.BatchNorm3d) -> nn.Conv3d:
+    """A biased Conv3d equal to ``bn(conv(x))`` with ``bn`` in eval mode (running statistics).
+
+    ``bn(y) = gamma (y - mean) / sqrt(var + eps) + beta`` is a per-channel affine map, so it
+    scales the convolution's output filters and adds a bias: W' = s W, b' = beta - s mean
+    (+ s b), s = gamma / sqrt(var + eps). Computed in float64, stored in the conv's dtype.
+    """
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError("BatchNorm3d without running statistics cannot be folded")
+    w = conv.weight.detach().double()
+    n = conv.out_channels
+    gamma = torch.ones(n) if bn.weight is None else bn.weight.detach().double().cpu()
+    beta = torch.zeros(n) if bn.bias is None else bn.bias.detach().double().cpu()
+    scale = (gamma.double() / torch.sqrt(bn.running_var.double().cpu() + bn.eps)).to(w.device)
+    bias = beta.double().to(w.device) - scale * bn.running_mean.double()
+    if conv.bias is not None:
+        bias = bias + scale * conv.bias.detach().double()
+    fused = copy.deepcopy(conv).requires_grad_(False)
+    with torch.no_grad():
+        fused.weight.copy_(w * scale.view(-1, 1, 1, 1, 1))
+        fused.bias = nn.Parameter(bias.to(conv.weight), requires_grad=False)
+    return fused
+
+
+class _FusedBlock(nn.Module):
+    """Eval-mode :class:`WideBasicBlock` with BatchNorm folded: relu(x + c2(relu(c1(x))))."""
+
+    def __init__(self, block: WideBasicBlock) -> None:
+        super().__init__()
+        self.conv1 = fold_batchnorm(block.conv1, block.bn1)
+        self.conv2 = fold_batchnorm(block.conv2, block.bn2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = torch.relu_(self.conv1(x))
+        out = self.conv2(out)
+        return torch.relu_(out.add_(x))
+
+
+class FusedWideResNet(nn.Module):
+    """Inference-only copy of a :class:`WideResNet`: BatchNorm folded, no dropout.
+
+    Equal to ``net.eval()(x)`` up to float rounding (the folded weights are computed in
+    float64), with two BatchNorm passes fewer per block, in-place activations (one feature map
+    less alive at a time) and, with ``channels_last=True``, the ``channels_last_3d`` memory
+    layout, which oneDNN (CPU) and cuDNN convolve faster. The gradient-free copy shares nothing
+    with ``net``: build it again after changing ``net``'s weights. Exposes ``gen`` (its layers,
+    ``gen[0]`` the first convolution), ``lambda_val`` and ``p`` (``net``'s own parameters), as
+    :class:`~qsmflow.models.isdu.ISDUQSMNet` reads them from a denoiser.
+
+    Shapes: (B, in_channels, X, Y, Z) -> (B, out_channels, X, Y, Z), contiguous output.
+    """
+
+    def __init__(self, net: WideResNet, *, channels_last: bool = True) -> None:
+        super().__init__()
+        gen = net.gen
+        self.lambda_val = net.lambda_val
+        self.p = net.p
+        self.channels_last = bool(channels_last)
+        layers = [
+            _copy_conv(gen[0]),
+            nn.ReLU(inplace=True),
+            nn.Sequential(*[_FusedBlock(b) for b in gen[2]]),
+            _copy_conv(gen[3]),
+            nn.ReLU(inplace=True),
+            _copy_conv(gen[5]),
+            nn.ReLU(inplace=True),
+            _copy_conv(gen[7]),
+        ]
+        self.gen = nn.Sequential(*layers).requires_grad_(False).eval()
+        if self.channels_last:
+            to_channels_last_3d(self.gen)
+
+    def train(self, mode: bool = True) -> FusedWideResNet:
+        if mode:
+            raise RuntimeError("FusedWideResNet is for inference only (BatchNorm is folded)")
+        return super().train(False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, in_channels, X, Y, Z) -> (B, out_channels, X, Y, Z)."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        return self.gen(x).contiguous()
+
+
+def to_channels_last_3d(module: nn.Module) -> nn.Module:
+    """Store every 5-D parameter of ``module`` in the ``channels_last_3d`` layout, in place.
+
+    The values do not change; convolutions then produce channels-last outputs, which oneDNN
+    (CPU) and cuDNN run faster (~2x for the eval-mode denoiser, ~25 % for a training step on
+    2 CPU cores). Returns ``module``.
+    """
+    for param in module.parameters():
+        if param.dim() == 5:
+            param.data = param.data.contiguous(memory_format=torch.channels_last_3d)
+    return module
+
+
+def _copy_conv(conv: nn.Module) -> nn.Conv3d:
+    """A gradient-free copy of a Conv3d (same settings and weights)."""
+    if not isinstance(conv, nn.Conv3d):
+        raise TypeError(f"expected a Conv3d, got {type(conv).__name__}")
+    return copy.deepcopy(conv).requires_grad_(False)

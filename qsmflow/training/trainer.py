@@ -138,6 +138,9 @@ class TrainConfig:
     model : further :class:`~qsmflow.models.isdu.ISDUQSMNet` keyword arguments (``width``,
         ``n_blocks``, ``dropout``, ``dc_mode``, ``learn_p``, ...).
     deterministic : request deterministic CUDA kernels (cudnn.deterministic, no benchmark).
+    channels_last : keep the denoisers' convolution weights (and so their feature maps) in the
+        ``channels_last_3d`` layout: the same model, ~25 % faster steps on the CPU (oneDNN) and
+        usually on CUDA with ``amp``; results differ from ``false`` by float rounding only.
     resume : continue from the newest checkpoint in ``output_dir``.
     """
 
@@ -167,6 +170,7 @@ class TrainConfig:
     kernel_dc_value: float = ISDU_DC_VALUE
     model: dict[str, Any] = dc_field(default_factory=dict)
     deterministic: bool = False
+    channels_last: bool = False
     resume: bool = False
 
     def validate(self, source: str | None = None) -> TrainConfig:
@@ -198,6 +202,9 @@ class TrainConfig:
             raise bad(f"lr must be a positive number, got {self.lr!r}")
         if self.amp_dtype not in ("bfloat16", "float16"):
             raise bad(f"amp_dtype = {self.amp_dtype!r}; choose bfloat16 or float16")
+        for key in ("amp", "shared_weights", "channels_last", "deterministic", "tensorboard"):
+            if not isinstance(getattr(self, key), bool):
+                raise bad(f"{key} must be true or false, got {getattr(self, key)!r}")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(self.device)):
             raise bad(f"device = {self.device!r}; use auto, cpu, cuda or cuda:N")
         if self.max_grad_norm is not None and not (
@@ -488,6 +495,10 @@ class Trainer:
         # model: identical initialisation on every rank (DDP also broadcasts rank 0's)
         seed_everything(cfg.seed)
         self.model = self._build_model(ckpt, resume_from).to(self.device)
+        if cfg.channels_last:
+            from ..models.wideresnet import to_channels_last_3d
+
+            to_channels_last_3d(self.model)
         # per-rank stream for dropout, independent of the model initialisation
         seed_everything(ddp.derive_seed(cfg.seed, "train", info.rank) % 2**62)
 
