@@ -1,6 +1,7 @@
 """ISDU-QSMNet: whole-volume inference time and peak memory, and training-step throughput.
 
-Run: ``python benchmarks/isdu.py [--quick] [--repeats 1] [--tile 80] [--devices cpu cuda]``
+Run: ``python benchmarks/isdu.py [--quick] [--shipped] [--width 32] [--channels-last]
+[--repeats 1] [--tile 80] [--devices cpu cuda]``
 
 Inference (:func:`qsmflow.models.inference.predict_volume`, float32, eval mode, no_grad) of a
 K = 4 unshared model on 160^3 and 224x224x126 (0.982x0.982x1 mm, oblique B0), whole volume and
@@ -8,7 +9,8 @@ tiled (``--tile`` voxels, halo 20). The weights are **random** (``ISDUQSMNet()``
 constructed): the cost does not depend on the weight values (closed-form data consistency,
 p = 2), so timings hold for trained weights too. Goals: 160^3 at K = 4 in <= 60 s and <= 6 GB
 on the CPU. ``--shipped`` times the shipped default weights instead (``qsmflow/data/
-isdu_default.pt``: K = 2 unshared, width 16), i.e. what ``qsmflow invert --method isdu`` runs.
+isdu_default.pt``: K = 4 unshared, width 16), i.e. what ``qsmflow invert --method isdu`` runs.
+The denoisers run fused (BatchNorm folded, channels_last_3d; ``predict_volume(fuse=True)``).
 
 Training step (patches/s): 64^3 patches, K = 4 unshared, batch 2, forward + backward + Adam
 (lr 1e-4) with the authors' combined L1 loss (qsmflow.training.losses.combined_l1_loss).
@@ -156,13 +158,18 @@ def inference_case(shape, n_iterations: int, tile: int | None, device: str, ship
     return setup, step
 
 
-def training_case(patch: int, batch: int, n_iterations: int, device: str, shipped=False):
+def training_case(
+    patch: int, batch: int, n_iterations: int, device: str, shipped=False, channels_last=False
+):
     def setup():
         import torch
 
         from qsmflow.models import isdu_kernel
+        from qsmflow.models.wideresnet import to_channels_last_3d
 
         model = _model(n_iterations, shipped).to(device).train()
+        if channels_last:  # as the trainer's channels_last = true
+            to_channels_last_3d(model)
         opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
         shape = (patch,) * 3
         kernel = isdu_kernel(shape, (1, 1, 1), (0, 0, 1), device=device)
@@ -203,6 +210,11 @@ def main() -> None:
     ap.add_argument("--skip-inference", action="store_true")
     ap.add_argument("--skip-training", action="store_true")
     ap.add_argument("--width", type=int, default=32, help="denoiser width, random weights (32)")
+    ap.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="train with channels_last_3d weights (the trainer's channels_last = true)",
+    )
     ap.add_argument(
         "--shipped",
         action="store_true",
@@ -264,11 +276,15 @@ def main() -> None:
                 record(name, device, r, 60.0 if goal else None, 6144.0 if goal else None)
         if not args.skip_training:
             patch = cpu_patch if device == "cpu" else 64
-            setup, step = training_case(patch, args.train_batch, k, device, args.shipped)
+            setup, step = training_case(
+                patch, args.train_batch, k, device, args.shipped, args.channels_last
+            )
             r = measure(setup, step, train_repeats, True)
             rate = args.train_batch / r["best_s"]
             eq = rate * (patch / 64) ** 3
             name = f"train step {patch}^3 b{args.train_batch} K={k}"
+            if args.channels_last:
+                name += " CL"
             if args.shipped:
                 name = "shipped " + name
             record(name, device, r, rate=(rate, eq))

@@ -29,7 +29,7 @@ def test_shipped_weights_are_small_loadable_and_documented():
     assert DEFAULT_WEIGHTS.stat().st_size <= 10 * 2**20
     model = load_isdu(DEFAULT_WEIGHTS)
     cfg = model.config
-    assert cfg["n_iterations"] == 2 and cfg["shared_weights"] is False
+    assert cfg["n_iterations"] == 4 and cfg["shared_weights"] is False
     assert cfg["width"] == 16 and cfg["n_blocks"] == 8
     extra = checkpoint_extra(DEFAULT_WEIGHTS)
     prov = extra["provenance"]
@@ -84,4 +84,4 @@ def test_isdu_beats_tkd_ndi_star_on_the_held_out_phantom(heldout):
         assert isdu["challenge"]["xsim"] > other["challenge"]["xsim"], name
     # the level reached (README table): well below the best classical NRMSE
     best_classical = min(scores[n]["qsmci"]["nrmse"] for n in ("tkd", "ndi", "star"))
-    assert isdu["qsmci"]["nrmse"] < best_classical - 5.0
+    assert isdu["qsmci"]["nrmse"] < best_classical - 8.0

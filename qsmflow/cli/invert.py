@@ -38,7 +38,7 @@ Methods and the options they use:
         checkpoint, the authors' single-denoiser .pth (e.g. their K=1 checkpoint; every one of
         the K denoisers starts as a copy) or their unshared model_*.pt dict, read with
         torch.load(weights_only=True) (never unpickling arbitrary objects). Without --weights
-        the shipped qsmflow/data/isdu_default.pt is used (K = 2 unshared, width 16, trained on
+        the shipped qsmflow/data/isdu_default.pt is used (K = 4 unshared, width 16, trained on
         simulated head-model/phantom patches by workflows/train-isdu-cpu.toml; see README).
         --iterations K (default: the checkpoint's; 4 for a single-denoiser .pth),
         --shared-weights (one denoiser for all K iterations), --device auto|cpu|cuda
