@@ -120,11 +120,11 @@ def fold_batchnorm(conv: nn.Conv3d, bn: nn.BatchNorm3d) -> nn.Conv3d:
     if bn.running_mean is None or bn.running_var is None:
         raise ValueError("BatchNorm3d without running statistics cannot be folded")
     w = conv.weight.detach().double()
-    n = conv.out_channels
-    gamma = torch.ones(n) if bn.weight is None else bn.weight.detach().double().cpu()
-    beta = torch.zeros(n) if bn.bias is None else bn.bias.detach().double().cpu()
-    scale = (gamma.double() / torch.sqrt(bn.running_var.double().cpu() + bn.eps)).to(w.device)
-    bias = beta.double().to(w.device) - scale * bn.running_mean.double()
+    ones = torch.ones(conv.out_channels, dtype=torch.float64, device=w.device)
+    gamma = ones if bn.weight is None else bn.weight.detach().double()
+    beta = 0 * ones if bn.bias is None else bn.bias.detach().double()
+    scale = gamma / torch.sqrt(bn.running_var.double() + bn.eps)
+    bias = beta - scale * bn.running_mean.double()
     if conv.bias is not None:
         bias = bias + scale * conv.bias.detach().double()
     fused = copy.deepcopy(conv).requires_grad_(False)
