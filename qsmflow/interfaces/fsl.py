@@ -21,15 +21,12 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from pathlib import Path
 
+from ..backends import BACKENDS, fsl_available, resolve_backend  # noqa: F401 (re-exported)
 from ..errors import QSMInputError
 
 log = logging.getLogger(__name__)
-
-#: Backends understood by :func:`resolve_backend`.
-BACKENDS = ("auto", "fsl", "python")
 
 #: FSL output type used for every FSL command run by qsmflow.
 FSL_OUTPUT_TYPE = "NIFTI_GZ"
@@ -39,39 +36,6 @@ FSL_OUTPUT_EXT = ".nii.gz"
 
 #: FLIRT cost functions accepted for rigid registration (FLIRT's names).
 FLIRT_COSTS = ("mutualinfo", "corratio", "normmi", "normcorr", "leastsq")
-
-
-def fsl_available(tool: str = "bet") -> bool:
-    """True when the FSL command ``tool`` (e.g. ``"bet"``, ``"flirt"``) is on ``PATH``."""
-    found = shutil.which(tool) is not None
-    if found and not os.environ.get("FSLDIR"):
-        log.warning("FSL's %s is on PATH but FSLDIR is not set; FSL may fail", tool)
-    return found
-
-
-def resolve_backend(backend: str, tool: str) -> str:
-    """Turn ``"auto" | "fsl" | "python"`` into the backend that will run (``"fsl"``/``"python"``).
-
-    ``"auto"`` picks ``"fsl"`` when ``tool`` is on ``PATH``, else ``"python"``. ``"fsl"`` without
-    the tool and unknown names raise :class:`QSMInputError`.
-    """
-    name = str(backend).lower()
-    if name not in BACKENDS:
-        raise QSMInputError(
-            f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}", "backend"
-        )
-    if name == "python":
-        return "python"
-    available = fsl_available(tool)
-    if name == "auto":
-        return "fsl" if available else "python"
-    if not available:
-        raise QSMInputError(
-            f"backend 'fsl' requested but FSL's {tool!r} was not found on PATH; install FSL "
-            f"(with $FSLDIR/bin on PATH and FSLDIR set) or use --backend python/auto",
-            "backend",
-        )
-    return "fsl"
 
 
 def load_first_volume(path: str | os.PathLike, role: str = "image"):

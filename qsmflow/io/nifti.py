@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import QSMInputError
-from .atomic import atomic_path
+from .atomic import atomic_path, nifti_stem, writable_parent
 
 
 @dataclass
@@ -59,13 +59,6 @@ def load_volume(path: str | os.PathLike, *, dtype=np.float32, ndim: int | None =
     return Volume(data=data, affine=np.asarray(img.affine, dtype=np.float64), path=str(p))
 
 
-def _atomic_target(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not os.access(path.parent, os.W_OK):
-        raise QSMInputError("output directory is not writable", str(path.parent))
-    return path
-
-
 def save_volume(
     path: str | os.PathLike,
     data: np.ndarray,
@@ -77,7 +70,7 @@ def save_volume(
     """Write a NIfTI atomically (temporary file, then rename); optionally a JSON sidecar."""
     import nibabel as nib
 
-    p = _atomic_target(Path(path))
+    p = writable_parent(path)
     arr = np.asarray(data)
     if dtype is not None:
         arr = arr.astype(dtype, copy=False)
@@ -87,9 +80,14 @@ def save_volume(
     with atomic_path(p, suffix) as tmp:
         nib.save(img, tmp)
     if sidecar is not None:
-        name = p.name[: -len(".nii.gz")] if p.name.endswith(".nii.gz") else p.stem
-        write_json(p.with_name(name + ".json"), sidecar)
+        write_json(sidecar_path(p), sidecar)
     return p
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    """The JSON sidecar beside a NIfTI (or any) file: ``<folder>/<nifti_stem>.json``."""
+    p = Path(path)
+    return p.with_name(nifti_stem(p) + ".json")
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
@@ -104,7 +102,7 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
             return str(o)
         raise TypeError(f"not JSON serialisable: {type(o)}")
 
-    p = _atomic_target(Path(path))
+    p = writable_parent(path)
     text = json.dumps(obj, indent=2, default=default) + "\n"
     with atomic_path(p, ".json") as tmp:
         Path(tmp).write_text(text)

@@ -1,4 +1,9 @@
-"""Boundary checks for arrays entering the numerics: finite values, masks, grids, phase units."""
+"""Boundary checks for arrays entering the numerics: finite values, masks, grids, phase units.
+
+Every check raises :class:`qsmflow.errors.QSMInputError` naming the offending file. The ones
+named ``check_*`` that *return* something return the checked, converted array (say, a bool
+mask or a field with NaN outside the mask zeroed): use the return value.
+"""
 
 from __future__ import annotations
 
@@ -75,6 +80,26 @@ def check_same_grid(
         raise QSMInputError(f"{what}: grids differ, {tuple(a_shape)} vs {tuple(b_shape)}", source)
 
 
+#: Largest difference (mm, any affine entry) between two affines that still means "same grid":
+#: the one tolerance for echoes, masks, orientations and BIDS validation.
+AFFINE_ATOL_MM = 1e-3
+
+#: Phase units understood by :func:`phase_to_radians` (the choices of every phase-units option).
+PHASE_UNITS = ("auto", "rad", "siemens", "siemens-raw")
+
+
+def check_same_affine(
+    affine: np.ndarray, reference: np.ndarray, what: str, source: str | None = None
+) -> None:
+    """Raise unless ``affine`` equals ``reference`` within :data:`AFFINE_ATOL_MM` (mm)."""
+    diff = float(np.max(np.abs(np.asarray(affine) - np.asarray(reference))))
+    if not diff <= AFFINE_ATOL_MM:
+        raise QSMInputError(
+            f"{what}: affines differ by up to {diff:.3g} mm (tolerance {AFFINE_ATOL_MM} mm)",
+            source,
+        )
+
+
 def phase_to_radians(
     phase: np.ndarray, source: str | None = None, *, units: str = "auto"
 ) -> tuple[np.ndarray, str]:
@@ -128,6 +153,4 @@ def phase_to_radians(
                 f"phase range [{lo:.4g}, {hi:.4g}] exceeds raw 12-bit values [0, 4095]", source
             )
         return (phase * np.float32(np.pi / 2048.0) - np.float32(np.pi)).astype(np.float32), units
-    raise QSMInputError(
-        f"unknown phase units {units!r} (use auto, rad, siemens or siemens-raw)", source
-    )
+    raise QSMInputError(f"unknown phase units {units!r} (use {', '.join(PHASE_UNITS)})", source)
