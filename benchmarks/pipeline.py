@@ -6,8 +6,8 @@ Run: ``python benchmarks/pipeline.py [--repeat N] [--quick] [--items mask regist
    (176x176x160, 1 mm, ``$QSMFLOW_TEST_DATA/snu_magnitude``): time, peak memory (goal <= 20 s),
    and the Dice coefficient against the shipped mask.
 2. Rigid registration, Python backend, exactly as the pipeline runs it
-   (:func:`qsmflow.interfaces.registration.estimate_rigid` on NIfTI files, ``backend="python"``:
-   ``register_rigid`` with ``iterations=PYTHON_MAX_ITERATIONS`` and ``REGISTRATION_THREADS``):
+   (:func:`qsmflow.registration.files.register_files` on NIfTI files, ``backend="python"``:
+   ``register_arrays`` with ``iterations=PYTHON_MAX_ITERATIONS`` and ``REGISTRATION_THREADS``):
    the SNU magnitude against itself rotated 25 deg about the oblique axis (1, 0.6, 0.4) and
    shifted (6, -6, 5) mm (9.8 mm), plus Gaussian noise of 3 % (the pair of
    ``tests/test_registration.py``). Time per pair (goal <= 30 s) and the rotation / translation
@@ -188,12 +188,12 @@ def bench_mask(repeats: int) -> tuple[dict, list[tuple]]:
 
 
 def bench_registration(repeats: int, tmp: Path) -> tuple[dict, list[tuple]]:
-    from qsmflow.interfaces.registration import (
+    from qsmflow.physics.geometry import rotation_angle_deg
+    from qsmflow.registration.files import (
         PYTHON_MAX_ITERATIONS,
         REGISTRATION_THREADS,
-        estimate_rigid,
+        register_files,
     )
-    from qsmflow.physics.geometry import rotation_angle_deg
 
     pair = _registration_pair(tmp)
 
@@ -203,14 +203,14 @@ def bench_registration(repeats: int, tmp: Path) -> tuple[dict, list[tuple]]:
         return pair
 
     def step(p):
-        return estimate_rigid(p["moving"], p["reference"], backend="python")
+        return register_files(p["moving"], p["reference"], backend="python")
 
     def summary(p, outcome):
         t, t_true = outcome.transform, p["t_true"]
         return {
             "rot_err_deg": rotation_angle_deg(t[:3, :3].T @ t_true[:3, :3]),
             "tr_err_mm": float(np.linalg.norm(t[:3, 3] - t_true[:3, 3])),
-            "angle_deg": outcome.rotation_deg,
+            "angle_deg": outcome.angle_deg,
         }
 
     r = measure(setup, step, summary, repeats=repeats, warmup=False)
@@ -219,7 +219,7 @@ def bench_registration(repeats: int, tmp: Path) -> tuple[dict, list[tuple]]:
         goal_s=REGISTRATION_GOAL_S,
     )
     print(
-        f"    (estimate_rigid backend=python: iterations={PYTHON_MAX_ITERATIONS} per level, "
+        f"    (register_files backend=python: iterations={PYTHON_MAX_ITERATIONS} per level, "
         f"threads={REGISTRATION_THREADS}; true shift "
         f"{np.linalg.norm(TRUE_SHIFT_MM):.1f} mm, noise {NOISE:.0%})",
         flush=True,

@@ -28,17 +28,20 @@ from dataclasses import field as dc_field
 from pathlib import Path
 from typing import Any
 
+from .backends import BACKENDS, DEFAULT_BET_FRAC
 from .errors import QSMInputError
+from .physics.bgremove import DECONVOLUTIONS, DEFAULT_THRESHOLD
+from .physics.cosmos import COSMOS_ITERATIONS, COSMOS_METHODS
+from .physics.multiecho import UNWRAPPING_METHODS
+from .physics.validation import PHASE_UNITS
+from .steps.inversion import INVERSION_METHODS, check_isdu_options
+from .training.patch_grid import MIN_MASK_FRACTION, PATCH_SIZE, STRIDE
 
 PIPELINES = ("qsm", "cosmos", "training-data")
-BACKENDS = ("auto", "fsl", "python")
-UNWRAPPING = ("auto", "laplacian", "lsq", "temporal")
-INVERSIONS = ("tkd", "tsvd", "cfl2", "ndi", "star", "isdu")
-#: Options of the ``isdu`` inversion (keywords of qsmflow.models.inference.invert_isdu):
-#: weights (checkpoint file; relative paths are taken from the directory ``qsmflow run`` is
-#: started in; default: the shipped qsmflow/data/isdu_default.pt), iterations (K),
-#: shared_weights (bool), device (auto, cpu, cuda), tile_size (voxels) and halo (voxels).
-ISDU_OPTIONS = ("weights", "iterations", "shared_weights", "device", "tile_size", "halo")
+# The other choice lists (BACKENDS, UNWRAPPING_METHODS, PHASE_UNITS, DECONVOLUTIONS,
+# INVERSION_METHODS, COSMOS_METHODS) and the ISDU options (steps.inversion.ISDU_OPTIONS) live
+# beside their implementations, so a preset's checks, the interfaces' traits and the command
+# line's choices cannot drift apart.
 
 
 @dataclass
@@ -46,7 +49,7 @@ class MaskingConfig:
     """Brain extraction from the first-echo magnitude."""
 
     backend: str = "auto"  #: auto (FSL BET if found, else python), fsl or python
-    frac: float = 0.5  #: BET fractional intensity threshold (FSL backend only)
+    frac: float = DEFAULT_BET_FRAC  #: BET fractional intensity threshold (FSL backend only)
 
 
 @dataclass
@@ -64,8 +67,8 @@ class BackgroundConfig:
     """V-SHARP background field removal (Hz in, ppm out)."""
 
     radii_mm: list[float] | None = None  #: None: 12..1 mm less single-voxel spheres
-    threshold: float = 0.05
-    deconvolution: str = "per_radius"  #: per_radius or largest (classic V-SHARP)
+    threshold: float = DEFAULT_THRESHOLD
+    deconvolution: str = DECONVOLUTIONS[0]  #: per_radius or largest (classic V-SHARP)
 
 
 @dataclass
@@ -74,7 +77,8 @@ class InversionConfig:
 
     methods: list[str] = dc_field(default_factory=lambda: ["tkd"])
     #: extra keyword options per method, e.g. {"tkd": {"threshold": 0.15}} or
-    #: {"isdu": {"weights": "isdu_k4.pt", "tile_size": 96}} (see ISDU_OPTIONS)
+    #: {"isdu": {"weights": "isdu_k4.pt", "tile_size": 96}} (see steps.inversion.ISDU_OPTIONS;
+    #: a relative weights path is taken from the directory ``qsmflow run`` is started in)
     options: dict[str, dict[str, Any]] = dc_field(default_factory=dict)
 
 
@@ -91,16 +95,16 @@ class CosmosConfig:
 
     method: str = "lsq"  #: lsq (masked regularised least squares) or closed
     lam: float | None = None  #: None: the method's default (1e-3 for lsq, 0 for closed)
-    iterations: int = 30
+    iterations: int = COSMOS_ITERATIONS  #: PCG iterations (lsq)
 
 
 @dataclass
-class TrainingDataConfig:
-    """Patches of training pairs (see qsmflow.training.patches)."""
+class PatchConfig:
+    """Training pairs cut into patches (qsmflow.training.patch_grid; voxels)."""
 
-    patch_size: int = 64
-    stride: int = 32
-    min_mask_fraction: float = 0.125
+    patch_size: int = PATCH_SIZE
+    stride: int = STRIDE
+    min_mask_fraction: float = MIN_MASK_FRACTION
 
 
 @dataclass
@@ -123,23 +127,22 @@ class PipelineConfig:
     inversion: InversionConfig = dc_field(default_factory=InversionConfig)
     registration: RegistrationConfig = dc_field(default_factory=RegistrationConfig)
     cosmos: CosmosConfig = dc_field(default_factory=CosmosConfig)
-    training: TrainingDataConfig = dc_field(default_factory=TrainingDataConfig)
+    training: PatchConfig = dc_field(default_factory=PatchConfig)
     execution: ExecutionConfig = dc_field(default_factory=ExecutionConfig)
 
     def validate(self, source: str | None = None) -> PipelineConfig:
-        """Check every choice; raise QSMInputError naming ``source`` (the preset file)."""
+        """Check every choice; raise QSMInputError naming ``source`` (the preset file).
+
+        A relative ISDU ``weights`` path is made absolute (from the current directory).
+        """
         checks = [
             ("pipeline", self.pipeline, PIPELINES),
             ("masking.backend", self.masking.backend, BACKENDS),
             ("registration.backend", self.registration.backend, BACKENDS),
-            ("field.unwrapping", self.field.unwrapping, UNWRAPPING),
-            (
-                "field.phase_units",
-                self.field.phase_units,
-                ("auto", "rad", "siemens", "siemens-raw"),
-            ),
-            ("background.deconvolution", self.background.deconvolution, ("per_radius", "largest")),
-            ("cosmos.method", self.cosmos.method, ("lsq", "closed")),
+            ("field.unwrapping", self.field.unwrapping, UNWRAPPING_METHODS),
+            ("field.phase_units", self.field.phase_units, PHASE_UNITS),
+            ("background.deconvolution", self.background.deconvolution, DECONVOLUTIONS),
+            ("cosmos.method", self.cosmos.method, COSMOS_METHODS),
         ]
         for key, value, allowed in checks:
             if value not in allowed:
@@ -147,12 +150,16 @@ class PipelineConfig:
         if not self.inversion.methods:
             raise QSMInputError("inversion.methods is empty", source)
         for m in [*self.inversion.methods, *self.inversion.options]:
-            if m not in INVERSIONS:
+            if m not in INVERSION_METHODS:
                 raise QSMInputError(
-                    f"unknown inversion method {m!r}; choose from {', '.join(INVERSIONS)}", source
+                    f"unknown inversion method {m!r}; choose from {', '.join(INVERSION_METHODS)}",
+                    source,
                 )
         if "isdu" in self.inversion.options:
-            check_isdu_options(self.inversion.options["isdu"], source)
+            isdu = check_isdu_options(self.inversion.options["isdu"], source)
+            if isdu.get("weights"):  # nodes run in their own folders
+                isdu["weights"] = os.path.abspath(os.fspath(isdu["weights"]))
+            self.inversion.options["isdu"] = isdu
         t = self.training
         if t.patch_size < 8 or t.stride < 1 or not 0 <= t.min_mask_fraction < 1:
             raise QSMInputError(
@@ -164,35 +171,6 @@ class PipelineConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def check_isdu_options(options: Any, source: str | None = None) -> dict[str, Any]:
-    """Return the ``isdu`` options as a dict; unknown keys or bad values raise QSMInputError."""
-    if not isinstance(options, dict):
-        raise QSMInputError("inversion.options.isdu must be a table", source)
-    opts = dict(options)
-    unknown = sorted(set(opts) - set(ISDU_OPTIONS))
-    if unknown:
-        raise QSMInputError(
-            f"unknown isdu option(s) {', '.join(unknown)}; known: {', '.join(ISDU_OPTIONS)}",
-            source,
-        )
-    for key in ("iterations", "tile_size", "halo"):
-        value = opts.get(key)
-        low = 0 if key == "halo" else 1
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise QSMInputError(f"isdu option {key} must be an integer, got {value!r}", source)
-        if value is not None and value < low:
-            raise QSMInputError(f"isdu option {key} must be >= {low}, got {value}", source)
-    if opts.get("shared_weights") is not None and not isinstance(opts["shared_weights"], bool):
-        raise QSMInputError("isdu option shared_weights must be true or false", source)
-    if opts.get("device", "auto") not in ("auto", "cpu", "cuda"):
-        raise QSMInputError(
-            f"isdu option device must be auto, cpu or cuda, got {opts['device']!r}", source
-        )
-    if opts.get("weights") is not None and not isinstance(opts["weights"], (str, os.PathLike)):
-        raise QSMInputError("isdu option weights must be a file path", source)
-    return opts
 
 
 def _update(obj: Any, values: dict[str, Any], where: str, source: str | None) -> None:

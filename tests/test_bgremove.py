@@ -11,11 +11,13 @@ from qsmflow.errors import QSMInputError
 from qsmflow.evaluation.metrics import nrmse
 from qsmflow.physics import _fft
 from qsmflow.physics.bgremove import (
+    DEFAULT_RADII_MM,
     sharp,
     smv_erode,
     smv_kernel,
     sphere_voxel_count,
     vsharp,
+    vsharp_radii,
 )
 from qsmflow.physics.forward import forward_field
 from qsmflow.physics.masks import erode_mm
@@ -240,7 +242,7 @@ def test_cli_bgremove(tmp_path):
     np.testing.assert_allclose(out, expected, atol=1e-7)
     np.testing.assert_array_equal(load_volume(tmp_path / "eroded.nii.gz").data > 0, eroded)
     side = json.loads((tmp_path / "local.json").read_text())
-    assert side["Method"] == "V-SHARP" and side["RadiiMM"] == [8, 6, 4, 2]
+    assert side["BackgroundFieldRemoval"] == "V-SHARP" and side["RadiiMM"] == [8, 6, 4, 2]
     # A mask on another grid is a clean error (exit code 2), not a traceback.
     save_volume(tmp_path / "small.nii.gz", mask[:-2].astype(np.uint8), affine, dtype=np.uint8)
     rc = main(
@@ -267,3 +269,13 @@ def test_vsharp_skips_single_voxel_spheres_on_coarse_grids():
     np.testing.assert_array_equal(eroded, erode_mm(mask, 2.0, (2, 2, 2)))
     with pytest.raises(QSMInputError, match="single voxel"):
         vsharp(field, mask, (2, 2, 2), radii_mm=[4, 1])
+
+
+def test_vsharp_radii_are_what_vsharp_uses():
+    assert vsharp_radii(None, (1, 1, 1)) == DEFAULT_RADII_MM
+    assert vsharp_radii(None, (2, 2, 2)) == tuple(float(r) for r in range(12, 1, -1))
+    assert vsharp_radii([2, 6, 4, 6], (1, 1, 1)) == (6.0, 4.0, 2.0)
+    with pytest.raises(QSMInputError, match="single voxel"):
+        vsharp_radii([4, 1], (2, 2, 2))
+    with pytest.raises(QSMInputError, match="radii"):
+        vsharp_radii([], (1, 1, 1))

@@ -10,8 +10,8 @@ import pytest
 from scipy import ndimage
 
 from qsmflow.cli.main import main
-from qsmflow.interfaces.registration import read_transform
 from qsmflow.physics.geometry import rotation_angle_deg, rotation_matrix
+from qsmflow.registration.files import read_transform
 from qsmflow.registration.fsl import flirt_to_world, read_flirt_mat
 
 
@@ -78,7 +78,7 @@ def test_cli_mask_python(head, tmp_path, capsys, no_fsl):
     assert "python backend" in printed and f"{n} voxels" in printed
     assert f"{n * 27 / 1000:.1f} mL" in printed
     sidecar = json.loads((tmp_path / "mask.json").read_text())
-    assert sidecar["Backend"] == "python" and sidecar["Voxels"] == n
+    assert sidecar["MaskBackend"] == "python" and sidecar["Voxels"] == n
 
 
 def test_cli_register_python(head, tmp_path, capsys):
@@ -128,8 +128,10 @@ def test_cli_register_python(head, tmp_path, capsys):
     for e in range(2):
         nrmse = np.linalg.norm(back[brain, e] - ref[brain, e]) / np.linalg.norm(ref[brain, e])
         assert nrmse < 0.1
+    assert (
+        json.loads((tmp_path / "ref2mov_ras.json").read_text())["RegistrationBackend"] == "python"
+    )
     sidecar = json.loads((tmp_path / "mov_in_ref.json").read_text())
-    assert sidecar["Backend"] == "python"
     np.testing.assert_allclose(sidecar["Transform"], t, atol=1e-9)
 
 
@@ -165,6 +167,14 @@ def test_cli_fsl_backend_without_fsl(head, tmp_path, capsys, no_fsl):
     assert main(argv) == 2
     assert "'flirt' was not found on PATH" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_cli_register_sidecar_names_must_differ(head, tmp_path, capsys):
+    argv = ["register", head["mov"], "-r", head["ref"], "-o", str(tmp_path / "o.nii.gz")]
+    argv += ["--transform", str(tmp_path / "x.txt"), "--matrix", str(tmp_path / "x.mat")]
+    assert main(argv) == 2
+    assert "sidecars would both be" in capsys.readouterr().err
+    assert not (tmp_path / "o.nii.gz").exists()
 
 
 def test_cli_bad_frac_and_mask_grid(head, tmp_path, capsys):

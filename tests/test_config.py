@@ -44,24 +44,13 @@ def test_presets_exist():
     assert {"qsm", "cosmos", "training-data", "cosmos-slurm", "cosmos-multiproc"} <= names
 
 
-@pytest.fixture(scope="module")
-def tiny_bids(tmp_path_factory):
-    from qsmflow.cli.main import main
-
-    root = tmp_path_factory.mktemp("presets") / "bids"
-    argv = ["simulate", str(root), "--voxel-size", "4", "--orientations", "2", "--snr", "inf"]
-    argv += ["--subjects", "2"]
-    assert main(argv) == 0
-    return root
-
-
 @pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])
-def test_preset_loads_and_dry_runs(preset, tiny_bids, tmp_path, capsys):
+def test_preset_loads_and_dry_runs(preset, simulated_bids, tmp_path, capsys):
     from qsmflow.cli.main import main
 
     cfg = load_config(preset)
     out = tmp_path / "out"
-    argv = ["run", str(tiny_bids), str(out), "participant", "--config", str(preset)]
+    argv = ["run", str(simulated_bids), str(out), "participant", "--config", str(preset)]
     rc = main([*argv, "--dry-run"])
     text = capsys.readouterr().out
     assert rc == 0, text
@@ -75,7 +64,7 @@ JOB_TEMPLATES = {"slurm-array.sbatch": "SLURM_ARRAY_TASK_ID", "pbs-array.pbs": "
 
 
 @pytest.mark.parametrize("template", sorted(JOB_TEMPLATES))
-def test_batch_job_templates_dry_run(template, tiny_bids, tmp_path):
+def test_batch_job_templates_dry_run(template, simulated_bids, tmp_path):
     """Each HPC template runs one subject per array index (here: --dry-run, no scheduler)."""
     import subprocess
     import sys
@@ -83,7 +72,7 @@ def test_batch_job_templates_dry_run(template, tiny_bids, tmp_path):
     script = REPO / "workflows" / template
     env = {
         **os.environ,
-        "BIDS_DIR": str(tiny_bids),
+        "BIDS_DIR": str(simulated_bids),
         "OUTPUT_DIR": str(tmp_path / "out"),
         "PIPELINE": "cosmos",
         "QSMFLOW": str(Path(sys.executable).with_name("qsmflow")),

@@ -13,7 +13,13 @@ from qsmflow.evaluation.metrics import nrmse
 from qsmflow.io.nifti import load_volume, save_volume
 from qsmflow.physics import _fft
 from qsmflow.physics import inversion as inv
-from qsmflow.physics.cosmos import cosmos
+from qsmflow.physics.cosmos import (
+    check_distinct_b0_dirs,
+    common_mask,
+    cosmos,
+    default_lambda,
+    solve_cosmos,
+)
 from qsmflow.physics.forward import forward_field
 from qsmflow.physics.geometry import rotation_matrix
 from qsmflow.physics.kernel import dipole_kernel
@@ -185,6 +191,33 @@ def test_cosmos_rotating_the_data_matches_rotating_b0(periodic_case):
     np.testing.assert_allclose(b, a.transpose(perm), atol=1e-5 * np.abs(a).max())
 
 
+def test_solve_cosmos_reports_what_it_used(periodic_case):
+    chi, mask, fields = periodic_case
+    lsq = solve_cosmos(fields, np.asarray(THREE_SPREAD) * 2.0, VOX, mask)
+    assert lsq.lam == default_lambda("lsq") == 1e-3 and 1 <= lsq.iterations <= 30
+    np.testing.assert_allclose(np.linalg.norm(lsq.b0_dirs, axis=1), 1.0, atol=1e-12)
+    np.testing.assert_array_equal(lsq.chi, cosmos(fields, THREE_SPREAD, VOX, mask))
+    closed = solve_cosmos(fields, THREE_SPREAD, VOX, mask, method="closed")
+    assert closed.lam == default_lambda("closed") == 0.0 and closed.iterations == 0
+    assert solve_cosmos(fields, THREE_SPREAD, VOX, method="closed", lam=0.01).lam == 0.01
+
+
+def test_common_mask_and_distinct_directions(periodic_case):
+    _, mask, _ = periodic_case
+    half = mask.copy()
+    half[: mask.shape[0] // 2] = False
+    np.testing.assert_array_equal(common_mask([mask], mask.shape), mask)
+    both = common_mask([mask.astype(np.float32), half.astype(np.uint8)], mask.shape, ["a", "b"])
+    np.testing.assert_array_equal(both, mask & half)
+    with pytest.raises(QSMInputError, match="b: mask grid"):
+        common_mask([mask, half[:-1]], mask.shape, ["a", "b"])
+    with pytest.raises(QSMInputError, match="a: the common COSMOS mask is empty"):
+        common_mask([half, mask & ~half], mask.shape, ["a", "b"])
+    check_distinct_b0_dirs(THREE_SPREAD)
+    with pytest.raises(QSMInputError, match="agree within 1 degree.*; use X"):
+        check_distinct_b0_dirs([[0, 0, 1.0], [0, 0.01, 1.0]], "use X")
+
+
 def test_cosmos_input_errors(periodic_case):
     chi, mask, fields = periodic_case
     with pytest.raises(QSMInputError, match="3-vector"):
@@ -346,7 +379,7 @@ def test_cli_cosmos_b0_dirs_and_files(cli_case, tmp_path):
     np.testing.assert_allclose(vol.data, expected, atol=1e-5)
     assert nrmse(vol.data, chi, erode_mm(mask, 1, VOX)) < 5
     side = json.loads((tmp_path / "chi.json").read_text())
-    assert side["Units"] == "ppm" and side["B0DirectionSource"] == "--b0-dirs"
+    assert side["Units"] == "ppm" and side["B0DirectionSource"] == "given"
     np.testing.assert_allclose(side["B0Directions"], dirs, atol=1e-8)
     # the same from LPCNN-style text files, closed form
     txts = []

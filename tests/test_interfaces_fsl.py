@@ -14,18 +14,16 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from qsmflow.backends import bet_interface, flirt_interface, resolve_backend
 from qsmflow.errors import QSMInputError
-from qsmflow.interfaces.fsl import bet_interface, flirt_interface, resolve_backend
 from qsmflow.interfaces.masking import BrainMask
-from qsmflow.interfaces.registration import (
-    ResampleToReference,
-    RigidRegistration,
-    b0_in_reference,
+from qsmflow.interfaces.registration import ResampleToReference, RigidRegistration
+from qsmflow.physics.geometry import rotation_angle_deg, rotation_axis, rotation_matrix
+from qsmflow.registration.files import (
+    b0_dir_from_files,
     read_transform,
-    rotation_axis,
     write_transform,
 )
-from qsmflow.physics.geometry import rotation_angle_deg, rotation_matrix
 from qsmflow.registration.fsl import flirt_to_world, read_flirt_mat
 
 # ------------------------------------------------------------------------------------------------
@@ -274,7 +272,7 @@ def test_rigid_registration_fsl_path_known_flirt_matrix(phantom, fake_fsl, tmp_p
     # B0 of the moving scan (its world z) in the reference array axes: Q^T z
     np.testing.assert_allclose(out.b0_dir, t[:3, :3].T @ [0.0, 0.0, 1.0], atol=1e-9)
     np.testing.assert_allclose(
-        b0_in_reference(out.transform, mov_file, ref_file), out.b0_dir, atol=1e-12
+        b0_dir_from_files(out.transform, mov_file, ref_file), out.b0_dir, atol=1e-12
     )
     # the FLIRT matrix written by the python backend's conversion would give the same world map
     w = flirt_to_world(m, shape, mov_affine, shape, affine)
@@ -305,7 +303,7 @@ def test_python_registration_and_resampling(phantom, tmp_path, no_fsl):
     w = flirt_to_world(read_flirt_mat(out.fsl_matrix), mag.shape[:3], affine, mag.shape[:3], affine)
     np.testing.assert_allclose(np.linalg.inv(w), t, atol=1e-6)
     # B0 of the moving scan in reference axes: the head turned by Q, so b = Q^T z
-    b = np.asarray(b0_in_reference(out.transform, mov_file, ref_file))
+    b = np.asarray(b0_dir_from_files(out.transform, mov_file, ref_file))
     expected = t_true[:3, :3].T @ [0.0, 0.0, 1.0]
     assert np.degrees(np.arccos(min(1.0, abs(b @ expected)))) < 0.5
     np.testing.assert_allclose(out.b0_dir, b, atol=1e-12)
@@ -357,7 +355,7 @@ def test_transform_file_round_trip_and_errors(tmp_path):
 def test_python_registration_retries_then_reports_non_convergence(
     phantom, tmp_path, no_fsl, monkeypatch, caplog
 ):
-    import qsmflow.interfaces.registration as reg_mod
+    import qsmflow.registration.files as reg_mod
 
     mag, affine, _ = phantom
     moving = _move(mag, affine, _rigid((0.0, 0.0, 1.0), 20.0, (0.0, 0.0, 0.0)))
@@ -367,5 +365,5 @@ def test_python_registration_retries_then_reports_non_convergence(
     assert reg_mod.python_sampling_fraction(176 * 176 * 160) == 0.05
     monkeypatch.setattr(reg_mod, "PYTHON_MAX_ITERATIONS", 3)  # cannot converge in 3 steps
     with pytest.raises(QSMInputError, match=r"mov\.nii\.gz.*did not converge \(3 attempts\)"):
-        reg_mod.estimate_rigid(mov_file, ref_file, backend="python")
+        reg_mod.register_files(mov_file, ref_file, backend="python")
     assert caplog.text.count("retrying with more samples") == 3

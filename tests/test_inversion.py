@@ -461,3 +461,29 @@ def test_cli_invert_errors(nifti_case, tmp_path, capsys):
     assert main([*base, "--method", "tkd", "--b0-tesla", "3", "--te-s", "0.02"]) == 2
     assert main([*base, "--method", "tkd", "--iterations", "3"]) == 2
     assert not (tmp_path / "chi.nii").exists()
+
+
+def test_method_options_come_from_the_signatures():
+    assert inv.method_options("tkd") == {"threshold": 0.15, "pad": inv.DEFAULT_PAD}
+    assert inv.method_options("star")["kernel_threshold"] == 0.065
+    assert "dtype" not in inv.method_options("ndi")
+    assert inv.methods_taking("threshold") == ("tkd", "tsvd")
+    assert inv.methods_taking("tile_size") == ()
+    used = inv.resolve_options("cfl2", {"lam": 0.03})
+    assert used == {"lam": 0.03, "regulariser": "identity", "pad": inv.DEFAULT_PAD}
+    with pytest.raises(QSMInputError, match="threshold does not apply to cfl2.*tkd, tsvd"):
+        inv.resolve_options("cfl2", {"threshold": 0.1})
+    with pytest.raises(QSMInputError, match="unknown inversion method"):
+        inv.method_options("qsmnet")
+
+
+def test_cli_invert_option_errors_name_what_applies(nifti_case, tmp_path, capsys):
+    paths, *_ = nifti_case
+    base = ["invert", str(paths["field"]), "-m", str(paths["mask"]), "-o", str(tmp_path / "c.nii")]
+    assert main([*base, "--method", "cfl2", "--threshold", "0.1"]) == 2
+    assert "threshold does not apply to cfl2" in capsys.readouterr().err
+    assert main([*base, "--device", "cpu"]) == 2
+    assert "isdu only" in capsys.readouterr().err
+    assert main([*base, "--weights", str(paths["mask"])]) == 2
+    assert "ndi only" in capsys.readouterr().err
+    assert not (tmp_path / "c.nii").exists()

@@ -20,10 +20,10 @@ import torch
 
 from qsmflow.models import (
     ISDUQSMNet,
-    dc_closed_form,
     isdu_kernel,
     load_denoiser_state,
     reference_kernel,
+    solve_consistency_closed_form,
 )
 from qsmflow.physics.kernel import dipole_kernel
 from qsmflow.training.losses import combined_l1_loss, combined_l2_loss, mse_loss, sobel_filters
@@ -201,7 +201,7 @@ def test_closed_form_matches_reference_cg_k1(reference_isdu, inputs):
     phi_hat_d = kernel * torch.fft.fftn(phi, dim=(-3, -2, -1))
     z0 = it.denoiser_outputs[0]
     assert z0.dtype == torch.complex64
-    x1 = dc_closed_form(phi_hat_d, z0, kernel * kernel, lam) * mask
+    x1 = solve_consistency_closed_form(phi_hat_d, z0, kernel * kernel, lam) * mask
     assert x1.dtype == torch.complex64
     assert rel(np64(x1[0, 0].real), g["chi_hat"]) < DEFAULT_REL_TOL
     assert rel(np64(x1[0, 0].imag), g["x1_imag"]) < DEFAULT_REL_TOL

@@ -301,7 +301,7 @@ def test_cli_invert_isdu_authors_weights(nifti_block, tmp_path, reference_isdu, 
     assert np.abs(vol.data - expected).max() < 1e-5
     assert np.all(vol.data[~mask] == 0)
     side = json.loads((tmp_path / "chi_isdu.json").read_text())
-    assert side["Method"] == "isdu" and side["Units"] == "ppm"
+    assert side["InversionMethod"] == "isdu" and side["Units"] == "ppm"
     assert side["Weights"] == str(weights)
     assert side["WeightsSHA256"] == inference.file_sha256(weights)
     assert side["Iterations"] == 1 and side["SharedWeights"] is False
@@ -309,7 +309,7 @@ def test_cli_invert_isdu_authors_weights(nifti_block, tmp_path, reference_isdu, 
     assert side["B0DirectionSource"] == "affine"
     np.testing.assert_allclose(side["B0Direction"], b0, atol=1e-6)
     np.testing.assert_allclose(side["VoxelSizeMM"], (1.0, 1.0, 1.1), atol=1e-6)
-    assert side["DipoleKernelDC"] == pytest.approx(1 / 3)
+    assert side["DipoleKernelK0"] == pytest.approx(1 / 3)
 
 
 def test_cli_invert_isdu_default_weights(nifti_block, tmp_path, monkeypatch, capsys):
@@ -389,12 +389,11 @@ def test_init_qsm_wf_with_isdu(tmp_path, monkeypatch):
     mfile = save_volume(tmp_path / "mask.nii.gz", mask.astype(np.uint8), affine)
     model = _tiny_model(2)
     ckpt = save_isdu(tmp_path / "tiny.pt", model)
-    monkeypatch.chdir(tmp_path)  # a relative weights path is made absolute at build time
+    monkeypatch.chdir(tmp_path)  # the config makes a relative weights path absolute
     monkeypatch.setenv("QSMFLOW_TORCH_THREADS", str(torch.get_num_threads()))
-    wf = init_qsm_wf(
-        methods=["tkd", "isdu"],
-        options={"isdu": {"weights": "tiny.pt", "tile_size": 16, "device": "cpu"}},
-    )
+    isdu = {"weights": "tiny.pt", "tile_size": 16, "device": "cpu"}
+    cfg = config_from_dict({"inversion": {"methods": ["tkd", "isdu"], "options": {"isdu": isdu}}})
+    wf = init_qsm_wf(methods=cfg.inversion.methods, options=cfg.inversion.options)
     node = wf.get_node("invert_isdu")
     assert node.mem_gb == ISDU_NODE_MEM_GB
     assert node.inputs.options["weights"] == str(ckpt)

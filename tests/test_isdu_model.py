@@ -14,13 +14,13 @@ from qsmflow.models import (
     ISDUQSMNet,
     WideResNet,
     conjugate_gradient,
-    dc_closed_form,
     isdu_kernel,
     load_denoiser_state,
     load_isdu,
     normal_operator,
     reference_kernel,
     save_isdu,
+    solve_consistency_closed_form,
 )
 from qsmflow.models.checkpoints import FORMAT, VERSION
 from qsmflow.training.losses import combined_l1_loss, combined_l2_loss, mse_loss, sobel_filters
@@ -300,12 +300,12 @@ def test_closed_form_solves_normal_equations():
     )
     lam = torch.tensor([0.11], dtype=torch.float64)
     phi_hat_d = kernel * torch.fft.fftn(phi, dim=(-3, -2, -1))
-    x = dc_closed_form(phi_hat_d, z, kernel * kernel, lam)
+    x = solve_consistency_closed_form(phi_hat_d, z, kernel * kernel, lam)
     b = torch.fft.ifftn(phi_hat_d, dim=(-3, -2, -1)) + lam * z
     residual = normal_operator(x, kernel * kernel, lam, None) - b
     assert (residual.abs().norm() / b.abs().norm()).item() < 1e-12
     # float32 (the default compute dtype)
-    x32 = dc_closed_form(
+    x32 = solve_consistency_closed_form(
         phi_hat_d.to(torch.complex64), z.to(torch.complex64), kernel.float() ** 2, lam.float()
     )
     assert ((x32 - x).abs().norm() / x.abs().norm()).item() < 1e-5

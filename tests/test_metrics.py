@@ -12,6 +12,8 @@ import pytest
 from scipy import ndimage
 
 from qsmflow.errors import QSMInputError
+from qsmflow.evaluation import _filters as filters
+from qsmflow.evaluation import challenge2016, qsmci
 from qsmflow.evaluation import metrics as M
 from qsmflow.evaluation.rois import load_label_names, roi_mean_agreement, roi_stats
 
@@ -127,22 +129,25 @@ def test_separable_filters_match_direct_3d_correlation():
     H = (rr / s**4 - 3 / s**2) * h
     H -= H.mean()
     direct = ndimage.correlate(vol, H, mode="constant", cval=0.0)
-    assert _rel(M._log_2016(vol), direct) < 1e-12
+    assert _rel(challenge2016._log_2016(vol), direct) < 1e-12
     # 2016 SSIM window (5^3) and FANSI imgaussfilt3 window (7^3, replicate)
     for radius, mode in ((2, "constant"), (3, "nearest")):
         rw = np.arange(-radius, radius + 1, dtype=np.float64)
         gx, gy, gz = np.meshgrid(rw, rw, rw, indexing="ij")
         w = np.exp(-(gx**2 + gy**2 + gz**2) / (2 * s * s))
         w /= w.sum()
-        g = M._gauss1d(s, radius)
-        assert _rel(M._sep(vol, (g, g, g), mode), ndimage.correlate(vol, w, mode=mode)) < 1e-13
+        g = filters.gauss1d(s, radius)
+        assert (
+            _rel(filters.separable(vol, (g, g, g), mode), ndimage.correlate(vol, w, mode=mode))
+            < 1e-13
+        )
     # QSM-CI LoG: scipy's gaussian_laplace (sigma 1.5, truncate 5 -> 17^3, mirror boundary)
-    ours = M._log_qsmci(vol, 1.5, 5.0)
+    ours = qsmci._log_qsmci(vol, 1.5, 5.0)
     assert _rel(ours, ndimage.gaussian_laplace(vol, 1.5, truncate=5.0)) < 1e-12
     r8 = np.arange(-8, 9, dtype=np.float64)
     x, y, z = np.meshgrid(r8, r8, r8, indexing="ij")
-    g = M._gauss1d(s, 8)
-    g2 = M._gauss1d_d2(s, 8)
+    g = filters.gauss1d(s, 8)
+    g2 = filters.gauss1d_d2(s, 8)
     L = (
         g2[:, None, None] * g[None, :, None] * g[None, None, :]
         + g[:, None, None] * g2[None, :, None] * g[None, None, :]
@@ -152,9 +157,9 @@ def test_separable_filters_match_direct_3d_correlation():
     # QSM-CI truncated 5^3 box: exact in-bounds counts
     cnt = ndimage.correlate(np.ones(vol.shape), np.ones((5, 5, 5)), mode="constant")
     prod = (
-        M._box_counts(19, 2)[:, None, None]
-        * M._box_counts(21, 2)[None, :, None]
-        * M._box_counts(23, 2)[None, None, :]
+        qsmci._box_counts(19, 2)[:, None, None]
+        * qsmci._box_counts(21, 2)[None, :, None]
+        * qsmci._box_counts(23, 2)[None, None, :]
     )
     np.testing.assert_array_equal(prod, cnt)
 
@@ -531,3 +536,32 @@ def test_cli_evaluate_grid_errors(tmp_path, capsys):
     assert "empty.nii: mask is empty" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path / "missing.nii"), "-r", f_ref, "-m", f_mask]) == 2
     assert "missing.nii" in capsys.readouterr().err
+
+
+def test_evaluate_files_checks_every_input_before_scoring(tmp_path):
+    """The file-level entry of ``qsmflow evaluate``: float labels become integers, the affine
+    tolerance is the package's one, and a bad file is named before anything is scored."""
+    from qsmflow.evaluation import evaluate_files
+    from qsmflow.physics.validation import AFFINE_ATOL_MM
+
+    recon, truth, mask, seg = _phantom(n=24)
+    f_recon = _write(tmp_path / "recon.nii.gz", recon.astype(np.float32))
+    f_ref = _write(tmp_path / "ref.nii.gz", truth.astype(np.float32))
+    f_mask = _write(tmp_path / "mask.nii.gz", mask)
+    f_lab = _write(tmp_path / "labels.nii.gz", seg.astype(np.float32))
+    (result,) = evaluate_files([f_recon], f_ref, f_mask, labels=f_lab)
+    want = M.score(recon.astype(np.float32), truth.astype(np.float32), mask, seg)
+    assert result["qsmci"]["nrmse_dgm"] == pytest.approx(want["qsmci"]["nrmse_dgm"], rel=1e-12)
+    assert [r["label"] for r in result["rois"]] == [r["label"] for r in want["rois"]]
+    assert result["files"]["labels"] == f_lab and result["units"]["psnr"] == "dB"
+    nudged = np.eye(4)
+    nudged[0, 3] = 0.5 * AFFINE_ATOL_MM  # within the tolerance: the same grid
+    f_near = _write(tmp_path / "near.nii.gz", mask, nudged)
+    assert evaluate_files([f_recon], f_ref, f_near)[0]["info"]["n_mask"] == int(mask.sum())
+    nudged[0, 3] = 2 * AFFINE_ATOL_MM
+    f_far = _write(tmp_path / "far.nii.gz", mask, nudged)
+    with pytest.raises(QSMInputError, match="far.nii.gz"):
+        evaluate_files([f_recon], f_ref, f_far)
+    f_half = _write(tmp_path / "half.nii.gz", seg + 0.5)
+    with pytest.raises(QSMInputError, match="half.nii.gz: label map is not integer-valued"):
+        evaluate_files([f_recon], f_ref, f_mask, labels=f_half)

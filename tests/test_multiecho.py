@@ -207,7 +207,7 @@ def test_cli_multiecho_field(tmp_path):
     o = load_volume(tmp_path / "offset.nii.gz").data
     assert np.abs(wrap_to_pi(o - offset)[mask]).max() < 0.05
     side = json.loads((tmp_path / "field.json").read_text())
-    assert side["Units"] == "Hz" and side["Method"] == "temporal"
+    assert side["Units"] == "Hz" and side["UnwrappingMethod"] == "temporal"
     np.testing.assert_allclose(side["EchoTime"], te)
     # Without echo times: each echo unwrapped separately, output 4-D in rad.
     assert main([*base, "-o", str(tmp_path / "uw.nii.gz"), "--method", "lsq"]) == 0
@@ -219,3 +219,18 @@ def test_cli_multiecho_field(tmp_path):
         rc = main([*base, "-o", str(tmp_path / "bad.nii.gz"), "--echo-times", *bad])
         assert rc == 2
     assert not (tmp_path / "bad.nii.gz").exists()
+
+
+def test_auto_unwrapping_is_temporal_for_several_echoes():
+    from qsmflow.physics.multiecho import UNWRAPPING_METHODS, resolve_unwrapping
+
+    assert resolve_unwrapping("auto", 3) == "temporal"
+    assert resolve_unwrapping("auto", 1) == "laplacian"
+    assert resolve_unwrapping("lsq", 3) == "lsq"
+    assert UNWRAPPING_METHODS[0] == "auto"
+    with pytest.raises(QSMInputError, match="unknown method"):
+        resolve_unwrapping("romeo", 3)
+    field, offset, phase, te, mask = _wrapped_case()
+    auto = multiecho_field(phase, None, te, (1, 1, 1), mask, method="auto")
+    temporal = multiecho_field(phase, None, te, (1, 1, 1), mask, method="temporal")
+    np.testing.assert_array_equal(auto[0], temporal[0])

@@ -1,4 +1,5 @@
-"""Patch grid, extraction and the on-disk patch-set format (qsmflow.training.patches)."""
+"""Patch grid, extraction and the on-disk patch-set format (qsmflow.training.patch_grid and
+patch_store)."""
 
 from __future__ import annotations
 
@@ -9,16 +10,15 @@ import numpy as np
 import pytest
 
 from qsmflow.errors import QSMInputError
-from qsmflow.training import patches as pt
-from qsmflow.training.patches import (
+from qsmflow.training import patch_store as pt
+from qsmflow.training.patch_grid import (
     axis_starts,
     extract_patches,
     mask_fractions,
     normalisation_stats,
     patch_origins,
-    read_patch_set,
-    write_patch_set,
 )
+from qsmflow.training.patch_store import read_patch_set, write_patch_set
 
 # --------------------------------------------------------------------------------------------
 # grid
@@ -28,7 +28,10 @@ from qsmflow.training.patches import (
 def test_module_does_not_import_torch():
     import subprocess
 
-    code = "import sys, qsmflow.training.patches; print('torch' in sys.modules)"
+    code = (
+        "import sys, qsmflow.training.patch_grid, qsmflow.training.patch_store; "
+        "print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -104,6 +104,11 @@ def test_cosmos_pipeline_matches_direct_cosmos_with_true_rotations(e2e):
     mask_side = json.loads((anat / "sub-01_acq-ori1_desc-brain_mask.json").read_text())
     assert mask_side["MaskBackend"] == "python" and mask_side["Type"] == "Brain"
     assert any(s.startswith("bids:raw:sub-01/anat/") for s in side["Sources"])
+    # Sources: every orientation's echoes for COSMOS, one orientation's for its own outputs
+    assert len(side["Sources"]) == 3 * 8 and all(f"_acq-{o}_" in str(side) for o in ORIS)
+    on_ref = json.loads((anat / "sub-01_acq-ori2_desc-reference_fieldmap.json").read_text())
+    assert on_ref["ReferenceOrientation"] == "acq-ori1" and on_ref["Units"] == "ppm"
+    assert len(on_ref["Sources"]) == 8 and all("_acq-ori2_" in s for s in on_ref["Sources"])
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +119,8 @@ def training(e2e):
 
 def test_training_data_patches(training):
     from qsmflow.io.nifti import load_volume
-    from qsmflow.training.patches import extract_patches, patch_origins, read_patch_set
+    from qsmflow.training.patch_grid import extract_patches, patch_origins
+    from qsmflow.training.patch_store import read_patch_set
 
     anat = training["out"] / "sub-01" / "anat"
     ps = read_patch_set(anat / "sub-01_desc-training_patches")

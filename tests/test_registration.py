@@ -16,7 +16,7 @@ from qsmflow.registration import (
     flirt_to_world,
     fsl_voxel_to_scaled,
     read_flirt_mat,
-    register_rigid,
+    register_arrays,
     resample_to_reference,
     world_to_flirt,
     write_flirt_mat,
@@ -220,26 +220,26 @@ def test_flirt_mat_io(tmp_path):
 
 
 @needs_sitk
-def test_register_rigid_input_errors():
+def test_register_arrays_input_errors():
     rng = np.random.default_rng(2)
     vol = rng.random((16, 16, 16)).astype(np.float32)
     a = _centred_affine(vol.shape)
     with pytest.raises(QSMInputError, match="3-D"):
-        register_rigid(vol[0], a, vol, a)
+        register_arrays(vol[0], a, vol, a)
     with pytest.raises(QSMInputError, match="3-D"):
-        register_rigid(vol, a, vol[None], a)
+        register_arrays(vol, a, vol[None], a)
     with pytest.raises(QSMInputError, match="empty"):
-        register_rigid(np.zeros_like(vol), a, vol, a)
+        register_arrays(np.zeros_like(vol), a, vol, a)
     with pytest.raises(QSMInputError, match="empty"):
-        register_rigid(vol, a, np.full(vol.shape, np.nan, np.float32), a)
+        register_arrays(vol, a, np.full(vol.shape, np.nan, np.float32), a)
     with pytest.raises(QSMInputError, match="mask shape"):
-        register_rigid(vol, a, vol, a, reference_mask=np.ones((16, 16, 15), bool))
+        register_arrays(vol, a, vol, a, reference_mask=np.ones((16, 16, 15), bool))
     with pytest.raises(QSMInputError, match="mask is empty"):
-        register_rigid(vol, a, vol, a, moving_mask=np.zeros(vol.shape, bool))
+        register_arrays(vol, a, vol, a, moving_mask=np.zeros(vol.shape, bool))
     with pytest.raises(QSMInputError, match="4x4"):
-        register_rigid(vol, a[:3], vol, a)
+        register_arrays(vol, a[:3], vol, a)
     with pytest.raises(QSMInputError, match="singular"):
-        register_rigid(vol, a, vol, np.zeros((4, 4)))
+        register_arrays(vol, a, vol, np.zeros((4, 4)))
     with pytest.raises(QSMInputError, match="4x4"):
         resample_to_reference(vol, a, vol.shape, a, np.eye(3))  # (SimpleITK not needed)
     with pytest.raises(QSMInputError, match="3-D or 4-D"):
@@ -275,7 +275,7 @@ def full_size_pair(snu):
     mag, msk, a = snu
     t_true = _rigid((1.0, 0.6, 0.4), 25.0, (6.0, -6.0, 5.0))
     mov = _make_moving(mag, a, mag.shape, a, t_true, noise=0.03, seed=3)
-    result = register_rigid(mov, a, mag, a)
+    result = register_arrays(mov, a, mag, a)
     return mag, msk, a, mov, t_true, result
 
 
@@ -327,7 +327,7 @@ def test_register_oblique_permuted_grid_half_resolution(snu):
     a_mov = _oblique_affine(mov_shape, (2.0, 2.0, 2.0), [(1, -1), (2, 1), (0, 1)], (0, 1, 1), 12.0)
     t_true = _rigid((-0.5, 1.0, 0.8), 18.0, (-4.0, 7.0, 6.5))
     mov = _make_moving(ref, a_ref, mov_shape, a_mov, t_true, noise=0.02, seed=4)
-    result = register_rigid(mov, a_mov, ref, a_ref)
+    result = register_arrays(mov, a_mov, ref, a_ref)
     rot_err, tr_err = _errors(result, t_true)
     print(
         f"\noblique 2 mm grid: rotation error {rot_err:.3f} deg, "
@@ -350,16 +350,16 @@ def test_register_deterministic_and_identity_start(snu):
     t_true = _rigid((0.2, 0.3, 1.0), 10.0, (3.0, 2.0, -4.0))
     mov = _make_moving(ref, a_ref, ref.shape, a_ref, t_true, noise=0.02, seed=5)
     # the same seed gives the same result (to rounding: ITK threads parts of the metric anyway)
-    r1 = register_rigid(mov, a_ref, ref, a_ref, seed=7, threads=1)
-    r2 = register_rigid(mov, a_ref, ref, a_ref, seed=7, threads=1)
+    r1 = register_arrays(mov, a_ref, ref, a_ref, seed=7, threads=1)
+    r2 = register_arrays(mov, a_ref, ref, a_ref, seed=7, threads=1)
     np.testing.assert_allclose(r1.transform, r2.transform, atol=1e-6)
     # several threads sum the metric in another order: rounding-level differences, which the
     # optimiser's path can amplify a little, far below the 0.3 deg / 0.3 mm accuracy bar
-    r4 = register_rigid(mov, a_ref, ref, a_ref, seed=7)
+    r4 = register_arrays(mov, a_ref, ref, a_ref, seed=7)
     np.testing.assert_allclose(r4.transform, r1.transform, atol=1e-3)
     # start from a close guess without moment initialisation; the brain mask limits the metric
     guess = _rigid((0.2, 0.3, 1.0), 7.0, (2.0, 1.0, -3.0))
-    r3 = register_rigid(
+    r3 = register_arrays(
         mov,
         a_ref,
         ref,
@@ -389,7 +389,7 @@ def test_register_full_size_more_pairs(snu, axis, angle, shift):
     mag, _, a = snu
     t_true = _rigid(axis, angle, shift)
     mov = _make_moving(mag, a, mag.shape, a, t_true, noise=0.03, seed=6)
-    result = register_rigid(mov, a, mag, a)
+    result = register_arrays(mov, a, mag, a)
     rot_err, tr_err = _errors(result, t_true)
     print(
         f"\n{angle} deg about {axis}, shift {shift}: rotation error {rot_err:.3f} deg, "

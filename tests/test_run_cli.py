@@ -15,16 +15,6 @@ from qsmflow.cli.main import main
 PYTHON = ["--mask-backend", "python", "--registration-backend", "python"]
 
 
-@pytest.fixture(scope="module")
-def small_bids(tmp_path_factory) -> Path:
-    """Built-in phantom, 3 mm, two subjects x 2 head orientations (rotated), 3 echoes."""
-    root = tmp_path_factory.mktemp("run") / "bids"
-    argv = ["simulate", str(root), "--voxel-size", "3", "--orientations", "2"]
-    argv += ["--subjects", "2", "--echo-times", "0.004", "0.009", "0.014", "--seed", "3"]
-    assert main(argv) == 0
-    return root
-
-
 def _copy(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("derivatives"))
     return dst
@@ -39,14 +29,14 @@ def _images(out: Path) -> dict[str, np.ndarray]:
     }
 
 
-def test_multiproc_gives_the_same_outputs_as_linear(small_bids, tmp_path):
+def test_multiproc_gives_the_same_outputs_as_linear(simulated_bids, tmp_path):
     import torch
 
     # MultiProc with the default fork context hangs once the parent has used torch's thread
     # pool; qsmflow run starts its workers with forkserver, so this must not matter.
     torch.set_num_threads(2)
     assert float((torch.ones(256, 256) @ torch.ones(256, 256))[0, 0]) == 256.0
-    base = ["run", str(small_bids), "", "participant", "--pipeline", "cosmos", *PYTHON]
+    base = ["run", str(simulated_bids), "", "participant", "--pipeline", "cosmos", *PYTHON]
     base += ["--participant-label", "01"]
     linear, multi = tmp_path / "linear", tmp_path / "multi"
     base[2] = str(linear)
@@ -62,10 +52,10 @@ def test_multiproc_gives_the_same_outputs_as_linear(small_bids, tmp_path):
     assert np.abs(chi).max() > 0.05  # a real map, not zeros
 
 
-def test_failing_subject_does_not_stop_the_others(small_bids, tmp_path, capsys):
+def test_failing_subject_does_not_stop_the_others(simulated_bids, tmp_path, capsys):
     import nibabel as nib
 
-    bids = _copy(small_bids, tmp_path / "bids")
+    bids = _copy(simulated_bids, tmp_path / "bids")
     # sub-02: magnitude of one orientation all zeros -> brain extraction fails at run time
     for f in (bids / "sub-02" / "anat").glob("sub-02_acq-ori2_echo-*_part-mag_MEGRE.nii.gz"):
         img = nib.load(f)
@@ -134,8 +124,8 @@ BREAKERS = {
 
 
 @pytest.mark.parametrize("problem", sorted(BREAKERS))
-def test_bad_input_is_reported_before_any_computation(problem, small_bids, tmp_path, capsys):
-    bids = _copy(small_bids, tmp_path / "bids")
+def test_bad_input_is_reported_before_any_computation(problem, simulated_bids, tmp_path, capsys):
+    bids = _copy(simulated_bids, tmp_path / "bids")
     expected = BREAKERS[problem](bids)
     out = tmp_path / "out"
     argv = ["run", str(bids), str(out), "participant", "--participant-label", "01"]
@@ -146,8 +136,8 @@ def test_bad_input_is_reported_before_any_computation(problem, small_bids, tmp_p
     assert not out.exists() or not list(out.rglob("sub-*"))  # nothing computed or written
 
 
-def test_invalid_subject_is_skipped_and_reported(small_bids, tmp_path, capsys):
-    bids = _copy(small_bids, tmp_path / "bids")
+def test_invalid_subject_is_skipped_and_reported(simulated_bids, tmp_path, capsys):
+    bids = _copy(simulated_bids, tmp_path / "bids")
     _break_echo_time(bids)  # sub-01 invalid; sub-02 fine
     out = tmp_path / "out"
     argv = ["run", str(bids), str(out), "participant", "--pipeline", "qsm", *PYTHON]
@@ -159,10 +149,10 @@ def test_invalid_subject_is_skipped_and_reported(small_bids, tmp_path, capsys):
     assert not (out / "sub-01").exists()
 
 
-def test_unwritable_output_directory(small_bids, tmp_path, capsys, monkeypatch):
+def test_unwritable_output_directory(simulated_bids, tmp_path, capsys, monkeypatch):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    rc = main(["run", str(small_bids), str(blocker / "out"), "participant", "--dry-run"])
+    rc = main(["run", str(simulated_bids), str(blocker / "out"), "participant", "--dry-run"])
     assert rc == 2 and str(blocker / "out") in capsys.readouterr().err
     locked = tmp_path / "locked"
     locked.mkdir()
@@ -170,7 +160,7 @@ def test_unwritable_output_directory(small_bids, tmp_path, capsys, monkeypatch):
     if os.geteuid() == 0:  # root ignores permission bits: make the access check see them
         real = os.access
         monkeypatch.setattr(os, "access", lambda p, m: False if Path(p) == locked else real(p, m))
-    rc = main(["run", str(small_bids), str(locked), "participant", *PYTHON])
+    rc = main(["run", str(simulated_bids), str(locked), "participant", *PYTHON])
     err = capsys.readouterr().err
     assert rc == 2 and "not writable" in err and str(locked) in err
     assert list(locked.iterdir()) == []

@@ -19,32 +19,13 @@ from qsmflow.physics.geometry import b0_dir_from_affine, rotation_angle_deg, rot
 from qsmflow.physics.masks import erode_mm
 from qsmflow.simulate.bids import BIDSWriter
 from qsmflow.simulate.gre import _fields, head_rotations, rotation_to_z, simulate_gre
+from qsmflow.simulate.head import CHIREF, LABEL, rotate_model, tissue_parameters
 from qsmflow.simulate.head_model import LABEL_NAMES
-from qsmflow.simulate.phantom import (
-    CHIREF,
-    LABEL,
-    BuiltinPhantom,
-    HeadModelSource,
-    block_average,
-    block_labels,
-    check_supersample,
-    make_phantom,
-    rotate_model,
-    tissue_parameters,
-    upsample_head,
-)
+from qsmflow.simulate.head_source import HeadModelSource
+from qsmflow.simulate.phantom import BuiltinPhantom, make_phantom
+from qsmflow.simulate.sampling import block_average, block_labels, check_supersample, upsample_head
 
 Z = np.array([0.0, 0.0, 1.0])
-
-
-@pytest.fixture(scope="module")
-def phantom2():
-    return make_phantom(2.0)
-
-
-@pytest.fixture(scope="module")
-def phantom4():
-    return make_phantom(4.0)
 
 
 def _fit_line(te, y):
@@ -58,8 +39,8 @@ def _fit_line(te, y):
 # --------------------------------------------------------------------------- phantom
 
 
-def test_phantom_anatomy_and_values(phantom2):
-    p = phantom2
+def test_phantom_anatomy_and_values(builtin_phantom_2mm):
+    p = builtin_phantom_2mm
     assert p.chi.shape == (96, 112, 96) and p.voxel_size == (2.0, 2.0, 2.0)
     present = set(np.unique(p.labels).tolist())
     assert present == set(range(17)) - {LABEL["fat"]}  # every label but fat, plus outside (0)
@@ -100,10 +81,10 @@ def test_phantom_deterministic_seeded_and_any_grid():
     )
 
 
-def test_phantom_texture_is_a_few_percent(phantom2):
+def test_phantom_texture_is_a_few_percent(builtin_phantom_2mm):
     t = make_phantom(2.0, texture=True)
-    wm = (phantom2.labels == LABEL["white_matter"]) & (t.labels == LABEL["white_matter"])
-    diff = t.chi[wm] - phantom2.chi[wm]
+    wm = (builtin_phantom_2mm.labels == LABEL["white_matter"]) & (t.labels == LABEL["white_matter"])
+    diff = t.chi[wm] - builtin_phantom_2mm.chi[wm]
     # 5 % of max(|chi|, 0.1 ppm) = 0.005 ppm std in white matter, zero mean
     assert 0.0035 < diff.std() < 0.0065
     assert abs(diff.mean()) < 0.0015
@@ -415,7 +396,7 @@ def test_head_rotations_spread():
     assert np.allclose(rotation_to_z(b).T @ Z, b / np.linalg.norm(b), atol=1e-12)
 
 
-def test_rotated_head_matches_recorded_rotation(phantom2):
+def test_rotated_head_matches_recorded_rotation(builtin_phantom_2mm):
     r = head_rotations(3, 25.0, seed=0)[1]
     assert rotation_angle_deg(r) > 20
     d = simulate_gre(BuiltinPhantom(2.0), rotation=r, snr=None)
@@ -427,7 +408,7 @@ def test_rotated_head_matches_recorded_rotation(phantom2):
     brain = d.brain_mask
     nrmse = {}
     for name, m in (("R", r), ("R^T", r.T)):
-        moved = rotate_model(phantom2, m)
+        moved = rotate_model(builtin_phantom_2mm, m)
         nrmse[name] = np.linalg.norm((moved.chi - d.chi)[brain]) / np.linalg.norm(d.chi[brain])
         agree = np.mean(moved.labels[brain] == d.labels[brain])
         if name == "R":
@@ -438,11 +419,13 @@ def test_rotated_head_matches_recorded_rotation(phantom2):
     assert nrmse["R^T"] > 10 * nrmse["R"]
 
 
-def test_rotated_field_equals_reference_field_with_rotated_b0(phantom4):
+def test_rotated_field_equals_reference_field_with_rotated_b0(builtin_phantom_4mm):
     """COSMOS convention: the field acquired with the head rotated by R (B0 = z), moved back to
     the reference frame, is the reference chi's field for B0 direction R^T z."""
     r = head_rotations(3, 25.0, seed=0)[2]
-    smooth = replace(phantom4, chi=ndimage.gaussian_filter(phantom4.chi_brain, 1.5))
+    smooth = replace(
+        builtin_phantom_4mm, chi=ndimage.gaussian_filter(builtin_phantom_4mm.chi_brain, 1.5)
+    )
     d = simulate_gre(rotate_model(smooth, r, order=3), snr=None)
     assert np.allclose(d.b0_dir_canonical, r.T @ Z)
     vox = np.asarray(d.voxel_size)
@@ -458,22 +441,22 @@ def test_rotated_field_equals_reference_field_with_rotated_b0(phantom4):
     assert err["z"] > 0.5
 
 
-def test_oblique_mode_keeps_the_head_and_tilts_b0(phantom4):
+def test_oblique_mode_keeps_the_head_and_tilts_b0(builtin_phantom_4mm):
     b = np.array([-0.129, 0.581, 0.803])
     b = b / np.linalg.norm(b)
-    d = simulate_gre(phantom4, b0_dir=b, snr=None, supersample=1)
+    d = simulate_gre(builtin_phantom_4mm, b0_dir=b, snr=None, supersample=1)
     assert d.mode == "oblique" and np.allclose(d.rotation, np.eye(3))
-    assert np.array_equal(d.chi, phantom4.chi)
+    assert np.array_equal(d.chi, builtin_phantom_4mm.chi)
     assert np.allclose(b0_dir_from_affine(d.affine), b, atol=1e-12)
-    f = forward_field(phantom4.chi, phantom4.voxel_size, b)
+    f = forward_field(builtin_phantom_4mm.chi, builtin_phantom_4mm.voxel_size, b)
     assert np.allclose(d.total_field[d.head_mask], f[d.head_mask], atol=1e-6)
     # supersampled, a plain (already resampled) model is read as uniform voxels: chi and masks
     # unchanged, the fields are the block averages of the field of the upsampled map
-    d2 = simulate_gre(phantom4, b0_dir=b, snr=None)
-    assert d2.supersample == 2 and np.array_equal(d2.chi, phantom4.chi)
-    assert np.array_equal(d2.labels, phantom4.labels)
-    assert np.array_equal(d2.brain_mask, phantom4.brain_mask)
-    fine = upsample_head(phantom4, 2)
+    d2 = simulate_gre(builtin_phantom_4mm, b0_dir=b, snr=None)
+    assert d2.supersample == 2 and np.array_equal(d2.chi, builtin_phantom_4mm.chi)
+    assert np.array_equal(d2.labels, builtin_phantom_4mm.labels)
+    assert np.array_equal(d2.brain_mask, builtin_phantom_4mm.brain_mask)
+    fine = upsample_head(builtin_phantom_4mm, 2)
     f2 = block_average(forward_field(fine.chi, fine.voxel_size, b), 2)
     h = d2.head_mask
     assert np.abs(d2.total_field[h] - f2[h]).max() < 1e-3 * np.abs(f2[h]).max()

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from qsmflow.errors import QSMInputError
+from qsmflow.models.kernels import isdu_kernel
 from qsmflow.physics.kernel import dipole_kernel
 from qsmflow.training.synthetic import PhantomPatchDataset
 
@@ -53,6 +54,9 @@ def test_fields_follow_the_forward_model_and_kernels_the_isdu_convention():
         assert item["phi"].shape == (1, 16, 16, 16) and item["phi"].dtype == torch.float32
         kern = dipole_kernel((16,) * 3, s["voxel_size"], s["b0_dir"], dc_value=1 / 3)
         np.testing.assert_allclose(item["kernel"][0].numpy(), kern, atol=1e-6)
+        # exactly the kernel inference builds (models.kernels.isdu_kernel)
+        want = isdu_kernel((16,) * 3, s["voxel_size"], s["b0_dir"])[0].numpy()
+        np.testing.assert_array_equal(item["kernel"].numpy(), want)
         np.testing.assert_array_equal(item["phi"][0].numpy(), s["phi"])
 
 

@@ -18,18 +18,14 @@ import pytest
 import torch
 
 from qsmflow.errors import QSMInputError
-from qsmflow.physics.kernel import dipole_kernel
+from qsmflow.models.checkpoints import read_checkpoint
+from qsmflow.models.kernels import isdu_kernel
+from qsmflow.physics.kernel import dipole_kernel, normalise_b0_dir
+from qsmflow.training.config import TrainConfig, load_train_preset
 from qsmflow.training.dataset import PatchDataset, SimulatedPatchDataset
 from qsmflow.training.ddp import RandomSubsetSampler
-from qsmflow.training.trainer import (
-    TrainConfig,
-    Trainer,
-    list_checkpoints,
-    load_train_preset,
-    read_checkpoint,
-    read_log,
-    train,
-)
+from qsmflow.training.state import list_checkpoints
+from qsmflow.training.trainer import Trainer, read_log, train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = {"width": 4, "n_blocks": 1}
@@ -81,14 +77,25 @@ def test_simulated_dataset_items_deterministic(sim16):
     want = dipole_kernel((16,) * 3, (4.0,) * 3, b0, dc_value=1 / 3, dtype=np.float64)
     np.testing.assert_allclose(item["kernel"][0].numpy(), want, atol=1e-6)
     assert float(item["kernel"][0, 0, 0, 0]) == pytest.approx(1 / 3)
+    # ... and exactly the kernel inference builds (models.kernels.isdu_kernel) for the
+    # dataset's B0 direction as the kernel cache keys it (rounded to 1e-6)
+    _assert_inference_kernel(item["kernel"], (4.0,) * 3, sim16.b0_dirs[0, 3 % 2])
     # two orientations -> two cached kernels however many items are read
     for i in range(len(sim16)):
         sim16[i]
     assert len(sim16.kernels) == 2
 
 
+def _assert_inference_kernel(kernel: torch.Tensor, voxel_size, b0_dir) -> None:
+    """``kernel`` (1, P, P, P) is bit for bit :func:`isdu_kernel` of ``b0_dir`` rounded to 1e-6
+    (the :class:`~qsmflow.training.dataset.KernelCache` key)."""
+    b0 = tuple(round(float(x), 6) for x in normalise_b0_dir(b0_dir))
+    want = isdu_kernel(kernel.shape[1:], voxel_size, b0)[0]
+    assert torch.equal(kernel, want)
+
+
 def _write_set(folder: Path, ds: SimulatedPatchDataset) -> None:
-    from qsmflow.training.patches import write_patch_set
+    from qsmflow.training.patch_store import write_patch_set
 
     chi, mask = ds.subject(0)
     write_patch_set(
@@ -104,7 +111,7 @@ def _write_set(folder: Path, ds: SimulatedPatchDataset) -> None:
 
 
 def test_patch_dataset_reads_sets_and_flips_b0_consistently(tmp_path, sim16):
-    from qsmflow.training.patches import read_patch_set
+    from qsmflow.training.patch_store import read_patch_set
 
     _write_set(tmp_path / "a", sim16)
     _write_set(tmp_path / "b", sim16)
@@ -117,6 +124,7 @@ def test_patch_dataset_reads_sets_and_flips_b0_consistently(tmp_path, sim16):
     np.testing.assert_array_equal(item["phi"][0].numpy(), ps.field[1] * (ps.mask[1] != 0))
     want = dipole_kernel((16,) * 3, (4.0,) * 3, ps.b0_dir[1], dc_value=1 / 3, dtype=np.float64)
     np.testing.assert_allclose(item["kernel"][0].numpy(), want, atol=1e-6)
+    _assert_inference_kernel(item["kernel"], (4.0,) * 3, ps.b0_dir[1])
     norm = ds.normalisation["chi"]
     assert norm["mean"] == pytest.approx(ps.normalisation["chi"]["mean"])
     assert norm["count"] == 2 * ps.normalisation["chi"]["count"]
@@ -341,6 +349,32 @@ def test_config_validation(tmp_path):
         load_train_preset(bad)
 
 
+def test_preset_table_keys_follow_the_dataset_constructors():
+    from qsmflow.training.config import dataset_table_keys
+    from qsmflow.training.synthetic import PhantomPatchDataset
+
+    common = {"count", "val_count", "patch_size", "seed", "max_tilt_deg", "noise_std_ppm"}
+    assert dataset_table_keys(SimulatedPatchDataset) == common | {
+        "n_subjects",
+        "n_orientations",
+        "voxel_size",
+        "phantom_shape",
+        "texture",
+        "min_mask_fraction",
+    }
+    assert dataset_table_keys(PhantomPatchDataset) == common | {
+        "head_model_dir",
+        "head_model_voxels",
+        "n_builtin",
+        "builtin_voxel",
+        "head_model_weight",
+        "contrast",
+        "label_offset_ppm",
+        "texture_std_ppm",
+        "min_mask_fraction",
+    }
+
+
 def test_paper_preset():
     preset = load_train_preset(REPO / "workflows" / "train-isdu.toml")
     (n1, k1), (n4, k4) = preset.stages
@@ -361,8 +395,9 @@ DDP_SCRIPT = """
 import os, sys
 import torch
 from qsmflow.training import ddp
+from qsmflow.training.config import TrainConfig
 from qsmflow.training.dataset import SimulatedPatchDataset
-from qsmflow.training.trainer import TrainConfig, Trainer, train
+from qsmflow.training.trainer import Trainer, train
 
 out = sys.argv[1]
 ds = SimulatedPatchDataset(8, 16, seed=0, voxel_size=4.0, n_subjects=1, n_orientations=2,

@@ -20,7 +20,9 @@ size from the NIfTI affine). The output is 0 outside the eroded mask (the mask e
 smallest radius), which --mask-out writes."""
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from ..physics.bgremove import DECONVOLUTIONS, DEFAULT_THRESHOLD
+
     p = subparsers.add_parser(
         "bgremove",
         help="background field removal with V-SHARP (output in the unit of the input)",
@@ -41,13 +43,13 @@ def register(subparsers) -> None:
     p.add_argument(
         "--threshold",
         type=float,
-        default=0.05,
-        help="deconvolution threshold on |1 - S| (default 0.05)",
+        default=DEFAULT_THRESHOLD,
+        help=f"deconvolution threshold on |1 - S| (default {DEFAULT_THRESHOLD})",
     )
     p.add_argument(
         "--deconvolution",
-        choices=("largest", "per_radius"),
-        default="per_radius",
+        choices=DECONVOLUTIONS,
+        default=DECONVOLUTIONS[0],
         help="per_radius (default): each voxel takes the SHARP result of its own radius (more "
         "accurate at the brain edge); largest: the classic V-SHARP, one deconvolution with the "
         "largest kernel (about half the FFTs)",
@@ -62,42 +64,16 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
+    from ..steps.bgremove import vsharp_file
 
-    from ..io.nifti import load_volume, save_volume
-    from ..physics.bgremove import DEFAULT_RADII_MM, sphere_voxel_count, vsharp
-    from ..physics.validation import check_same_grid
-
-    vol = load_volume(args.field, ndim=3)
-    mvol = load_volume(args.mask, ndim=3)
-    check_same_grid(mvol.data.shape, vol.data.shape, "mask vs field", mvol.path)
-    if args.radii is None:  # the defaults less single-voxel spheres (as vsharp does)
-        radii = [r for r in DEFAULT_RADII_MM if sphere_voxel_count(r, vol.voxel_size) > 1]
-    else:
-        radii = list(args.radii)
-    local, eroded = vsharp(
-        vol.data,
-        mvol.data,
-        vol.voxel_size,
-        radii_mm=None if args.radii is None else radii,
+    vsharp_file(
+        args.field,
+        args.mask,
+        args.output,
+        field_strength=args.b0,
+        radii_mm=args.radii,
         threshold=args.threshold,
         deconvolution=args.deconvolution,
+        eroded_mask_output=args.mask_out,
     )
-    units = "same as the input field"
-    if args.b0 is not None:
-        from ..physics.units import hz_to_ppm
-
-        local = hz_to_ppm(local, args.b0).astype(np.float32)
-        units = "ppm"
-    sidecar = {
-        "Method": "SHARP" if len(set(radii)) == 1 else "V-SHARP",
-        "RadiiMM": sorted(set(radii), reverse=True),
-        "Threshold": args.threshold,
-        "Deconvolution": args.deconvolution,
-        "Units": units,
-        "MagneticFieldStrength": args.b0,
-    }
-    save_volume(args.output, local, vol.affine, sidecar=sidecar)
-    if args.mask_out:
-        save_volume(args.mask_out, eroded.astype(np.uint8), vol.affine, dtype=np.uint8)
     return 0

@@ -73,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..errors import QSMInputError
+    from ..io.atomic import nifti_stem
+    from ..io.naming import DERIVATIVES
     from ..io.nifti import load_volume, save_volume, write_json
 
     t0 = time.perf_counter()
@@ -112,20 +114,22 @@ def run(args: argparse.Namespace) -> int:
     _step([*common[:4], "--pipeline", "cosmos", *common[4:]])
 
     truth = bids / "derivatives" / "qsmflow-simulation" / SUBJECT / "anat"
-    anat = deriv / SUBJECT / "anat"
     ref = f"{SUBJECT}_acq-{REFERENCE}"
-    maps = {m: anat / f"{ref}_desc-{m}_Chimap.nii.gz" for m in METHODS}
-    maps["cosmos"] = anat / f"{SUBJECT}_desc-cosmos_Chimap.nii.gz"
+    # Derivative names come from the inputs they were computed from (qsmflow.io.naming).
+    inputs = sorted((bids / SUBJECT / "anat").glob(f"{SUBJECT}_*_MEGRE.nii.gz"))
+    ref_inputs = [f for f in inputs if f.name.startswith(f"{ref}_")]
+    maps = {m: deriv / DERIVATIVES["chi"].name(ref_inputs, desc=m) for m in METHODS}
+    maps["cosmos"] = deriv / DERIVATIVES["cosmos_chi"].name(inputs)
     missing = [str(p) for p in maps.values() if not p.exists()]
     if missing:
         raise QSMInputError("the pipelines did not write " + ", ".join(missing))
 
     # One mask for every map: COSMOS's (all orientations valid, on the reference grid) and the
     # reference orientation's V-SHARP mask (where its single-orientation maps are defined).
-    cosmos_mask = load_volume(anat / f"{SUBJECT}_desc-cosmos_mask.nii.gz")
-    vsharp_mask = load_volume(anat / f"{ref}_desc-vsharp_mask.nii.gz")
+    cosmos_mask = load_volume(deriv / DERIVATIVES["cosmos_mask"].name(inputs))
+    vsharp_mask = load_volume(deriv / DERIVATIVES["local_mask"].name(ref_inputs))
     if cosmos_mask.data.shape != vsharp_mask.data.shape:
-        raise QSMInputError("COSMOS and V-SHARP masks are on different grids", str(anat))
+        raise QSMInputError("COSMOS and V-SHARP masks are on different grids", vsharp_mask.path)
     eval_mask = metrics_dir / f"{SUBJECT}_desc-evaluation_mask.nii.gz"
     metrics_dir.mkdir(parents=True, exist_ok=True)
     save_volume(
@@ -137,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
 
     results = {}
     for name, path in maps.items():
-        js = metrics_dir / f"{path.name.replace('.nii.gz', '')}_metrics.json"
+        js = metrics_dir / f"{nifti_stem(path)}_metrics.json"
         _step(
             [
                 "evaluate",

@@ -37,6 +37,7 @@ Demean or reference both maps the same way before comparing raw rmse/psnr/ssim/x
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``qsmflow evaluate`` (RECON..., --reference, --mask, --labels, --json)."""
     p = subparsers.add_parser(
         "evaluate",
         help=HELP,
@@ -187,107 +188,26 @@ def format_comparison(results: list[dict[str, Any]], names: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _load_inputs(args: argparse.Namespace, recon_path: str, cache: dict) -> tuple:
-    import numpy as np
-
-    from ..errors import QSMInputError
-    from ..io.nifti import load_volume
-
-    recon = load_volume(recon_path, dtype=np.float64)
-    others = [("reference", args.reference), ("mask", args.mask)]
-    if args.labels:
-        others.append(("labels", args.labels))
-    vols = {}
-    for what, path in others:
-        vol = cache.get(what)
-        if vol is None:
-            vol = load_volume(path, dtype=None if what == "labels" else np.float64)
-            cache[what] = vol
-        if vol.data.shape != recon.data.shape:
-            raise QSMInputError(
-                f"{what} grid {vol.data.shape} does not match RECON grid {recon.data.shape} "
-                f"({recon_path})",
-                str(path),
-            )
-        if not np.allclose(vol.affine, recon.affine, rtol=0.0, atol=1e-3):
-            raise QSMInputError(
-                f"{what} affine differs from RECON's ({recon_path}); resample onto one grid first",
-                str(path),
-            )
-        vols[what] = vol.data
-    return recon, vols
-
-
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from ..errors import QSMInputError
-    from ..evaluation.metrics import score
-    from ..evaluation.rois import load_label_names
+    """Score every RECON, print the reports (and a comparison table), write ``--json``."""
+    from ..evaluation.files import evaluate_files
+    from ..io.atomic import nifti_stem
     from ..io.nifti import write_json
 
     recons = list(args.recon)
-    cache: dict = {}
-    # check every input before scoring any (a bad file fails fast, naming it)
-    loaded = [_load_inputs(args, path, cache) for path in recons]
-    vols = loaded[0][1]
-
-    mask = vols["mask"]
-    if not np.all(np.isfinite(mask)):
-        raise QSMInputError("mask contains NaN or inf", str(args.mask))
-    if not np.any(mask > 0):
-        raise QSMInputError("mask is empty (no voxel > 0)", str(args.mask))
-    ref = vols["reference"]
-    if not np.all(np.isfinite(ref[mask > 0])):
-        raise QSMInputError("reference contains NaN or inf inside the mask", str(args.reference))
-    labels = vols.get("labels")
-    if labels is not None:
-        lab = np.asarray(labels)
-        if lab.dtype.kind not in "iub":
-            lab_f = lab.astype(np.float64)
-            if not np.all(np.isfinite(lab_f)) or np.max(np.abs(lab_f - np.rint(lab_f))) > 1e-3:
-                raise QSMInputError("label map is not integer-valued", str(args.labels))
-            lab = np.rint(lab_f).astype(np.int64)
-        labels = lab
-    names = load_label_names(args.label_names) if args.label_names else None
-
-    results = []
-    for path, (recon, _) in zip(recons, loaded, strict=True):
-        result = score(recon.data, ref, mask, labels, label_names=names)
-        result["files"] = {
-            "recon": str(path),
-            "reference": str(args.reference),
-            "mask": str(args.mask),
-            "labels": str(args.labels) if args.labels else None,
-        }
-        result["units"] = {
-            "susceptibility": "ppm",
-            "nrmse, nrmse_*, rmse, hfen": "percent",
-            "psnr": "dB",
-            "correlation, xsim, ssim, coverage, dgm_linearity, calc_streak": "dimensionless",
-            "calc_moment_dev": "ppm*voxel",
-        }
+    results = evaluate_files(
+        recons, args.reference, args.mask, labels=args.labels, label_names=args.label_names
+    )
+    for path, result in zip(recons, results, strict=True):
         if len(recons) > 1:
             print(f"== {path}")
         print(format_report(result))
         if len(recons) > 1:
             print()
-        results.append(result)
     if len(recons) > 1:
-        print(format_comparison(results, [_short_name(p) for p in recons]))
+        print(format_comparison(results, [nifti_stem(p) for p in recons]))
     if args.json:
         payload = results[0] if len(results) == 1 else {"results": results}
         out = write_json(args.json, _clean(payload))
         print(f"\nwrote {out}")
     return 0
-
-
-def _short_name(path: str) -> str:
-    """File name without the NIfTI extension (the comparison table's row label)."""
-    from pathlib import Path
-
-    name = Path(path).name
-    for ext in (".nii.gz", ".nii"):
-        if name.endswith(ext):
-            return name[: -len(ext)]
-    return name

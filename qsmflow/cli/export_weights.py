@@ -16,7 +16,7 @@ workflows/train-isdu-cpu.toml. Exit status 2 for an unusable checkpoint.
 """
 
 
-def register(subparsers) -> argparse.ArgumentParser:
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "export-weights",
         help=HELP,

@@ -49,11 +49,13 @@ Methods and the options they use:
         records the weights file and its sha256, K, shared, device and tile.
 """
 
-_DEFAULT_THRESHOLD = {"tkd": 0.15, "tsvd": 0.15, "star": 0.065}
+#: The step option each method-dependent flag sets (the step checks which method takes it).
+_LAMBDA_OPTION = {"cfl2": "lam", "ndi": "alpha", "star": "weak_lambda"}
+_THRESHOLD_OPTION = {"star": "kernel_threshold"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from ..physics.inversion import METHODS
+    from ..steps.inversion import INVERSION_METHODS, ISDU_DEVICES
 
     p = subparsers.add_parser(
         "invert",
@@ -65,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("-m", "--mask", required=True, metavar="MASK", help="mask NIfTI (voxels > 0)")
     p.add_argument("-o", "--output", required=True, metavar="CHI", help="output map NIfTI (ppm)")
     p.add_argument(
-        "--method", choices=(*METHODS, "isdu"), default="tkd", help="inversion (default tkd)"
+        "--method", choices=INVERSION_METHODS, default="tkd", help="inversion (default tkd)"
     )
     p.add_argument("--threshold", type=float, help="kernel threshold (tkd/tsvd 0.15, star 0.065)")
     p.add_argument(
@@ -75,7 +77,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="cfl2: lambda (0.01); ndi: alpha (1e-5); star: weak-pass l1 weight (1e-4)",
     )
     p.add_argument(
-        "--regulariser", choices=("identity", "gradient"), default="identity", help="cfl2 only"
+        "--regulariser", choices=("identity", "gradient"), help="cfl2 only (default identity)"
     )
     p.add_argument("--iterations", type=int, help="ndi (200) / star per pass (20, 40) / isdu K (4)")
     p.add_argument(
@@ -86,9 +88,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--shared-weights", action="store_true", help="isdu: one denoiser for all K iterations"
     )
-    p.add_argument(
-        "--device", choices=("auto", "cpu", "cuda"), help="isdu: torch device (default auto)"
-    )
+    p.add_argument("--device", choices=ISDU_DEVICES, help="isdu: torch device (default auto)")
     p.add_argument(
         "--tile", type=int, metavar="N", help="isdu: denoise on N^3 tiles (bounded memory)"
     )
@@ -109,177 +109,57 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-def load_field_and_mask(field_path: str, mask_path: str):
-    """Read a field and its mask; check grids, emptiness and NaN/inf inside the mask, each error
-    naming the offending file. Returns (field Volume, mask as bool array)."""
-    import numpy as np
-
+def step_options(args: argparse.Namespace) -> dict:
+    """The step options the given flags set for ``args.method`` (flags left out are not set,
+    so the step's defaults apply; the step rejects an option its method does not take)."""
     from ..errors import QSMInputError
-    from ..io.nifti import load_volume
-    from ..physics.validation import check_finite, check_mask
+    from ..physics.units import ppm_to_rad
 
-    vol = load_volume(field_path, ndim=3)
-    mvol = load_volume(mask_path, ndim=3)
-    mask = check_mask(mvol.data, vol.data.shape, source=mvol.path)
-    if not np.allclose(mvol.affine, vol.affine, rtol=0.0, atol=1e-3):
-        raise QSMInputError(f"mask affine differs from the field's ({field_path})", mvol.path)
-    bad = ~np.isfinite(vol.data) & mask
-    if bad.any():
-        raise QSMInputError(
-            f"field has {int(bad.sum())} NaN/inf voxel(s) inside the mask", vol.path
-        )
-    vol.data = check_finite(vol.data, "field", vol.path, mask=mask)
-    return vol, mask
+    method = args.method
+    if (args.b0_tesla is None) != (args.te_s is None):
+        raise QSMInputError("--b0-tesla and --te-s must be given together")
+    given = {
+        _THRESHOLD_OPTION.get(method, "threshold"): args.threshold,
+        _LAMBDA_OPTION.get(method, "lambda"): args.lam,
+        "regulariser": args.regulariser,
+        "iterations": args.iterations,
+        "pad": args.pad,
+        "shared_weights": True if args.shared_weights else None,
+        "device": args.device,
+        "tile_size": args.tile,
+    }
+    if args.b0_tesla is not None:
+        given["field_scale"] = float(ppm_to_rad(1.0, args.te_s, args.b0_tesla))
+    if method == "isdu":
+        given["weights"] = args.weights
+    return {key: value for key, value in given.items() if value is not None}
 
 
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..errors import QSMInputError
-    from ..io.nifti import load_volume, save_volume
-    from ..physics import inversion
-    from ..physics.kernel import normalise_b0_dir
-    from ..physics.units import ppm_to_rad
+    from ..steps.inversion import invert_file
 
-    vol, mask = load_field_and_mask(args.field, args.mask)
-    b0_dir = normalise_b0_dir(args.b0_dir) if args.b0_dir is not None else vol.b0_dir
-    voxel_size = vol.voxel_size
-    dtype = np.float64 if args.float64 else np.float32
     method = args.method
-    if method == "isdu":
-        return _run_isdu(args, vol, mask, b0_dir)
-    for flag, value in (
-        ("--shared-weights", args.shared_weights),
-        ("--device", args.device),
-        ("--tile", args.tile),
-    ):
-        if value not in (None, False):
-            raise QSMInputError(f"{flag} applies to isdu only")
-    pad = 12 if args.pad is None else args.pad
-    opts: dict = {"pad": pad, "dtype": dtype}
-    if pad < 0:
-        raise QSMInputError(f"--pad must be >= 0, got {pad}")
-    if (args.b0_tesla is None) != (args.te_s is None):
-        raise QSMInputError("--b0-tesla and --te-s must be given together")
-    if args.b0_tesla is not None and method != "ndi":
-        raise QSMInputError(f"--b0-tesla/--te-s apply to ndi only (method {method} is linear)")
-    if args.weights and method != "ndi":
-        raise QSMInputError("--weights applies to ndi only")
-    if args.threshold is not None and method not in _DEFAULT_THRESHOLD:
-        raise QSMInputError(f"--threshold does not apply to {method}")
-    if args.iterations is not None and method not in ("ndi", "star"):
-        raise QSMInputError(f"--iterations does not apply to {method}")
-    if args.lam is not None and method not in ("cfl2", "ndi", "star"):
-        raise QSMInputError(f"--lambda does not apply to {method}")
-    if args.iterations is not None and args.iterations < 1:
-        raise QSMInputError(f"--iterations must be >= 1, got {args.iterations}")
-
-    if method in ("tkd", "tsvd"):
-        opts["threshold"] = args.threshold if args.threshold is not None else 0.15
-    elif method == "cfl2":
-        opts["lam"] = args.lam if args.lam is not None else 0.01
-        opts["regulariser"] = args.regulariser
-    elif method == "ndi":
-        if args.iterations is not None:
-            opts["iterations"] = args.iterations
-        if args.lam is not None:
-            opts["alpha"] = args.lam
-        if args.b0_tesla is not None:
-            opts["field_scale"] = float(ppm_to_rad(1.0, args.te_s, args.b0_tesla))
-        if args.weights:
-            wvol = load_volume(args.weights, ndim=3)
-            if wvol.data.shape != vol.data.shape:
-                raise QSMInputError(
-                    f"weights grid {wvol.data.shape} does not match the field "
-                    f"{vol.data.shape} ({args.field})",
-                    wvol.path,
-                )
-            bad = ~np.isfinite(wvol.data) & mask
-            if bad.any():
-                raise QSMInputError("weights have NaN/inf inside the mask", wvol.path)
-            opts["weights"] = np.where(mask, wvol.data, 0)
-    elif method == "star":
-        if args.threshold is not None:
-            opts["kernel_threshold"] = args.threshold
-        if args.lam is not None:
-            opts["weak_lambda"] = args.lam
-        if args.iterations is not None:
-            opts["iterations"] = (args.iterations, args.iterations)
-
-    chi = inversion.invert(method, vol.data, mask, voxel_size, b0_dir, **opts)
-    params = {k: v for k, v in opts.items() if k not in ("dtype", "weights")}
-    sidecar = {
-        "Method": method,
-        "Units": "ppm",
-        "InputField": str(args.field),
-        "Mask": str(args.mask),
-        "B0Direction": [float(x) for x in b0_dir],
-        "B0DirectionSource": "--b0-dir" if args.b0_dir is not None else "affine",
-        "VoxelSizeMM": [float(x) for x in voxel_size],
-        "Parameters": params,
-        "DipoleKernelDC": 0.0,
-    }
-    out = save_volume(args.output, chi, vol.affine, dtype=dtype, sidecar=sidecar)
-    print(
-        f"qsmflow invert: {method} -> {out} (b0 = {np.round(b0_dir, 4).tolist()}, "
-        f"voxel {np.round(voxel_size, 4).tolist()} mm)"
-    )
-    return 0
-
-
-def _run_isdu(args: argparse.Namespace, vol, mask, b0_dir) -> int:
-    """``--method isdu``: load the weights (our format or the authors'), predict, save."""
-    import numpy as np
-
-    from ..errors import QSMInputError
-    from ..io.nifti import save_volume
-    from ..models.inference import invert_isdu, isdu_sidecar
-
-    for flag, value in (
-        ("--threshold", args.threshold),
-        ("--lambda", args.lam),
-        ("--b0-tesla", args.b0_tesla),
-        ("--te-s", args.te_s),
-        ("--pad", args.pad),
-    ):
-        if value is not None:
-            raise QSMInputError(f"{flag} does not apply to isdu")
-    if args.regulariser != "identity":
-        raise QSMInputError("--regulariser does not apply to isdu")
-    if args.iterations is not None and args.iterations < 1:
-        raise QSMInputError(f"--iterations must be >= 1, got {args.iterations}")
-    if args.tile is not None and args.tile < 1:
-        raise QSMInputError(f"--tile must be >= 1, got {args.tile}")
-    chi, info = invert_isdu(
-        vol.data,
-        mask,
-        vol.voxel_size,
-        b0_dir,
-        weights=args.weights,
-        iterations=args.iterations,
-        shared_weights=True if args.shared_weights else None,
-        device=args.device or "auto",
-        tile_size=args.tile,
+    result = invert_file(
+        args.field,
+        args.mask,
+        args.output,
+        method=method,
+        options=step_options(args),
+        b0_dir=args.b0_dir,
+        weights_image=args.weights if method != "isdu" else None,
         float64=args.float64,
     )
-    sidecar = {
-        "Method": "isdu",
-        "Units": "ppm",
-        "InputField": str(args.field),
-        "Mask": str(args.mask),
-        "B0Direction": [float(x) for x in b0_dir],
-        "B0DirectionSource": "--b0-dir" if args.b0_dir is not None else "affine",
-        "VoxelSizeMM": [float(x) for x in vol.voxel_size],
-        **isdu_sidecar(info),
-        "Parameters": info,
-    }
-    dtype = np.float64 if args.float64 else np.float32
-    out = save_volume(args.output, chi, vol.affine, dtype=dtype, sidecar=sidecar)
-    tiles = "" if args.tile is None else f", tiles {args.tile}"
+    used = result.sidecar["InversionOptions"]
+    label = method
+    if method == "isdu":
+        tiles = "" if used["tile_size"] is None else f", tiles {used['tile_size']}"
+        sharing = "shared" if used["shared_weights"] else "unshared"
+        label = f"isdu (K = {used['iterations']}, {sharing}, {used['device']}{tiles})"
     print(
-        f"qsmflow invert: isdu (K = {info['iterations']}, "
-        f"{'shared' if info['shared_weights'] else 'unshared'}, {info['device']}{tiles}) -> "
-        f"{out} (b0 = {np.round(b0_dir, 4).tolist()}, "
-        f"voxel {np.round(vol.voxel_size, 4).tolist()} mm)"
+        f"qsmflow invert: {label} -> {result.outputs['chi']} "
+        f"(b0 = {np.round(result.values['b0_dir'], 4).tolist()}, "
+        f"voxel {np.round(result.sidecar['VoxelSizeMM'], 4).tolist()} mm)"
     )
     return 0

@@ -25,6 +25,7 @@ SUBCOMMANDS = (
     "bgremove",
     "invert",
     "cosmos",
+    "patches",
     "train",
     "export_weights",
     "evaluate",

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from ..backends import BACKENDS
+
 HELP = "brain mask from a (multi-echo) GRE magnitude: FSL BET or the python method"
 
 DESCRIPTION = """\
 Compute a brain mask from MAGNITUDE (3-D, or 4-D multi-echo with echoes last: the first echo
 is used) and write it to --output as a uint8 NIfTI (1 = brain) on the input grid, with a JSON
-sidecar naming the backend.
+sidecar naming the backend (MaskBackend), the voxel count and the volume.
 
 Backends: auto (default) runs FSL BET when `bet` is on PATH and the python method otherwise;
 fsl insists on FSL (error 2 without it); python never uses FSL. --frac is BET's fractional
@@ -28,34 +30,22 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("magnitude", metavar="MAGNITUDE", help="magnitude NIfTI, 3-D or 4-D")
     p.add_argument("-o", "--output", required=True, metavar="MASK", help="output mask NIfTI")
-    p.add_argument(
-        "--backend", choices=("auto", "fsl", "python"), default="auto", help="default auto"
-    )
-    p.add_argument(
-        "--frac", type=float, default=0.5, help="BET fractional intensity (FSL only, 0.5)"
-    )
+    p.add_argument("--backend", choices=BACKENDS, help="default auto")
+    p.add_argument("--frac", type=float, help="BET fractional intensity (FSL only, 0.5)")
     p.set_defaults(func=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..interfaces.masking import compute_brain_mask
-    from ..io.nifti import write_json
+    from ..steps.masking import brain_mask_file
 
-    res = compute_brain_mask(args.magnitude, args.output, backend=args.backend, frac=args.frac)
-    name = res.mask_file.name
-    stem = name[: -len(".nii.gz")] if name.endswith(".nii.gz") else res.mask_file.stem
-    sidecar = {
-        "Source": str(args.magnitude),
-        "Backend": res.backend,
-        "Voxels": res.n_voxels,
-        "VolumeML": res.volume_ml,
-    }
-    if res.backend == "fsl":
-        sidecar["BETFractionalIntensity"] = args.frac
-    write_json(res.mask_file.with_name(stem + ".json"), sidecar)
+    options = {"backend": args.backend, "frac": args.frac}
+    result = brain_mask_file(
+        args.magnitude, args.output, **{k: v for k, v in options.items() if v is not None}
+    )
+    side = result.sidecar
     print(
-        f"qsmflow mask: {res.backend} backend -> {res.mask_file} "
-        f"({res.n_voxels} voxels, {res.volume_ml:.1f} mL)"
+        f"qsmflow mask: {side['MaskBackend']} backend -> {result.outputs['mask']} "
+        f"({side['Voxels']} voxels, {side['VolumeML']:.1f} mL)"
     )
     return 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..backends import BACKENDS
+
 HELP = "rigid (6-dof) registration of a magnitude to a reference: FSL FLIRT or python"
 
 DESCRIPTION = """\
@@ -17,6 +19,8 @@ Transform files:
                with '#' comment lines; use it with the ResampleToReference interface.
   --matrix     the same registration as an FSL FLIRT .mat: MOVING (-in) -> reference (-ref) in
                FSL scaled-mm coordinates (for flirt -applyxfm -init, convert_xfm).
+Each transform file gets a JSON sidecar (RegistrationBackend, RotationAngleDeg, RotationAxis,
+TranslationMM); --output's sidecar records the Interpolation and the Transform applied.
 
 Backends: auto (default) runs FSL FLIRT (-dof 6, --cost, default mutualinfo) when `flirt` is
 on PATH and the python method (SimpleITK, Mattes mutual information, multi-resolution)
@@ -25,7 +29,8 @@ otherwise; fsl insists on FSL (error 2 without it); python never uses FSL.
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from ..interfaces.fsl import FLIRT_COSTS
+    from ..backends import FLIRT_COSTS
+    from ..steps.registration import INTERPOLATION_ORDER
 
     p = subparsers.add_parser(
         "register",
@@ -42,20 +47,15 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--matrix", metavar="OUT.mat", help="write the FSL FLIRT matrix here")
     p.add_argument("--transform", metavar="OUT.txt", help="write qsmflow's world transform here")
-    p.add_argument(
-        "--backend", choices=("auto", "fsl", "python"), default="auto", help="default auto"
-    )
+    p.add_argument("--backend", choices=BACKENDS, help="default auto")
     p.add_argument(
         "--interpolation",
-        choices=("linear", "nearest", "cubic"),
-        default="linear",
+        choices=tuple(INTERPOLATION_ORDER),
         help="resampling of --output (default linear)",
     )
     p.add_argument("--moving-mask", metavar="MASK", help="mask on MOVING's grid for the cost")
     p.add_argument("--reference-mask", metavar="MASK", help="mask on REF's grid for the cost")
-    p.add_argument(
-        "--cost", choices=FLIRT_COSTS, default="mutualinfo", help="FLIRT cost (FSL only)"
-    )
+    p.add_argument("--cost", choices=FLIRT_COSTS, help="FLIRT cost (FSL only, mutualinfo)")
     p.set_defaults(func=run)
     return p
 
@@ -63,47 +63,31 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..interfaces.registration import estimate_rigid, resample_file, write_outcome
-    from ..io.nifti import write_json
+    from ..steps.registration import register_file, resample_file
 
-    res = estimate_rigid(
+    options = {"backend": args.backend, "cost": args.cost}
+    registered = register_file(
         args.moving,
         args.reference,
-        moving_mask=args.moving_mask,
-        reference_mask=args.reference_mask,
-        backend=args.backend,
-        cost=args.cost,
-    )
-    write_outcome(
-        res,
         transform_file=args.transform,
         fsl_matrix_file=args.matrix,
-        moving=str(args.moving),
-        reference=str(args.reference),
+        moving_mask=args.moving_mask,
+        reference_mask=args.reference_mask,
+        **{k: v for k, v in options.items() if v is not None},
     )
+    values = registered.values
+    interpolation = {} if args.interpolation is None else {"interpolation": args.interpolation}
+    # the written transform file when there is one, so that --output is exactly what
+    # ResampleToReference makes of it
+    transform = values["transform"] if args.transform is None else args.transform
     out = resample_file(
-        args.moving, args.reference, res.transform, args.output, interpolation=args.interpolation
-    )
-    name = out.name
-    stem = name[: -len(".nii.gz")] if name.endswith(".nii.gz") else out.stem
-    write_json(
-        out.with_name(stem + ".json"),
-        {
-            "Moving": str(args.moving),
-            "Reference": str(args.reference),
-            "Backend": res.backend,
-            "Interpolation": args.interpolation,
-            "TransformConvention": "RAS mm world, reference -> moving (p_moving = T p_ref)",
-            "Transform": res.transform,
-            "RotationDeg": res.rotation_deg,
-            "TranslationMM": res.translation_mm,
-        },
-    )
-    axis = np.round(res.rotation_axis, 3).tolist()
-    t = np.asarray(res.translation_mm)
+        args.moving, args.reference, args.output, transform=transform, **interpolation
+    ).outputs["out_file"]
+    axis = np.round(registered.sidecar["RotationAxis"], 3).tolist()
+    t = np.asarray(values["translation_mm"])
     print(
-        f"qsmflow register: {res.backend} backend: rotation {res.rotation_deg:.2f} deg about "
-        f"{axis}, translation {np.round(t, 2).tolist()} mm (|t| {np.linalg.norm(t):.2f} mm) "
-        f"-> {out}"
+        f"qsmflow register: {values['backend']} backend: rotation {values['rotation_deg']:.2f} "
+        f"deg about {axis}, translation {np.round(t, 2).tolist()} mm "
+        f"(|t| {np.linalg.norm(t):.2f} mm) -> {out}"
     )
     return 0

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..config import PipelineConfig
 
 DESCRIPTION = """\
 Run the qsmflow pipeline on a BIDS dataset of multi-echo GRE data (BIDS-App convention).
@@ -24,7 +26,7 @@ Pipelines:
                  dipole inversion(s) (ppm)
   cosmos         per run as above, then rigid registration of every orientation to the
                  reference and COSMOS (ppm) on the reference grid
-  training-data  cosmos, plus training pairs cut into patches (qsmflow.training.patches)
+  training-data  cosmos, plus training pairs cut into patches (qsmflow.training.patch_store)
 
 Outputs go to OUTPUT_DIR as BIDS derivatives (sidecars with units, methods, parameters,
 backends and sources), a log under OUTPUT_DIR/logs. The Nipype cache (--work-dir) makes a rerun
@@ -34,7 +36,12 @@ skipped, 2 for unusable arguments or input.
 """
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``qsmflow run``; choices come from where each option is implemented."""
+    from ..backends import BACKENDS
+    from ..config import PIPELINES
+    from ..steps.inversion import INVERSION_METHODS
+
     p = subparsers.add_parser(
         "run",
         help="BIDS dataset -> local fields, QSM, COSMOS or training data (Nipype)",
@@ -46,7 +53,7 @@ def register(subparsers) -> None:
     p.add_argument("analysis_level", choices=["participant"], help="only 'participant'")
     p.add_argument("--participant-label", nargs="+", metavar="LABEL", help="subjects (no sub-)")
     p.add_argument("--session-label", nargs="+", metavar="LABEL", help="sessions (no ses-)")
-    p.add_argument("--pipeline", choices=["qsm", "cosmos", "training-data"], help="default qsm")
+    p.add_argument("--pipeline", choices=PIPELINES, help="default qsm")
     p.add_argument(
         "--config", metavar="FILE.toml", help="settings preset (see workflows/ in the repository)"
     )
@@ -66,12 +73,12 @@ def register(subparsers) -> None:
         help="passed to the plugin (values parsed as JSON when possible), "
         "e.g. sbatch_args='--mem=8G --time=1:00:00'",
     )
-    p.add_argument("--mask-backend", choices=["auto", "fsl", "python"])
-    p.add_argument("--registration-backend", choices=["auto", "fsl", "python"])
+    p.add_argument("--mask-backend", choices=BACKENDS)
+    p.add_argument("--registration-backend", choices=BACKENDS)
     p.add_argument(
         "--methods",
         nargs="+",
-        choices=["tkd", "tsvd", "cfl2", "ndi", "star", "isdu"],
+        choices=INVERSION_METHODS,
         help="inversions of the qsm pipeline (default tkd)",
     )
     p.add_argument(
@@ -97,7 +104,7 @@ def _parse_plugin_args(items: list[str] | None) -> dict:
     return out
 
 
-def build_config(args: argparse.Namespace):
+def build_config(args: argparse.Namespace) -> PipelineConfig:
     """Preset (``--config``) or defaults, then the command-line options on top."""
     from ..config import PipelineConfig, load_config
 
@@ -118,75 +125,15 @@ def build_config(args: argparse.Namespace):
     return cfg.validate(args.config)
 
 
-@dataclass
-class _Tracker:
-    """Nipype status callback: progress bar and the nodes that failed."""
+def _check_input(args: argparse.Namespace, pipeline: str) -> tuple[Path, Path, list, list[str]]:
+    """BIDS folder, output folder, the subjects that can run and the skipped labels.
 
-    total: int
-    bar: object = None
-    finished: int = 0
-    failed: list = field(default_factory=list)
-
-    def __call__(self, node, status: str) -> None:
-        if status == "exception":
-            self.failed.append(node.fullname)
-        if status in ("end", "exception"):
-            self.finished += 1
-            if self.bar is not None:
-                self.bar.update(1)
-
-
-def _crash_messages(crash_dir: Path) -> dict[str, str]:
-    """Last line of each crash file's traceback, by node name."""
-    out = {}
-    for f in sorted(crash_dir.glob("crash-*.txt")):
-        text = f.read_text(errors="replace")
-        node = ""
-        for line in text.splitlines():
-            if line.startswith("Node:"):
-                node = line.split(":", 1)[1].strip()
-        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-        errors = [ln for ln in lines if "Error:" in ln or "QSMInputError" in ln]
-        message = errors[-1] if errors else lines[-1]
-        out[node or f.name] = message.split("QSMInputError: ", 1)[-1]
-    return out
-
-
-def _configure_workers(plugin: str, nprocs: int | None, work: Path) -> None:
-    """MultiProc worker processes: each gets its share of the FFT threads and one BLAS/torch
-    thread; Nipype in the workers logs warnings only (the parent shows progress).
-
-    ITK's thread count is left alone on purpose: Mattes MI sums are threaded, and a different
-    thread count changes the registration in the last digits, so MultiProc and Linear would
-    no longer give identical outputs.
+    Problems are printed; no processable subject is an input error (exit 2).
     """
-    if plugin != "MultiProc":
-        return
-    per_proc = str(max(1, (os.cpu_count() or 1) // max(1, nprocs or os.cpu_count() or 1)))
-    os.environ["QSMFLOW_FFT_WORKERS"] = per_proc
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ.setdefault(var, "1")
-    cfg_dir = work / ".nipype"
-    cfg_dir.mkdir(parents=True, exist_ok=True)
-    (cfg_dir / "nipype.cfg").write_text(
-        "[logging]\nworkflow_level = WARNING\ninterface_level = WARNING\nutils_level = WARNING\n"
-    )
-    os.environ["NIPYPE_CONFIG_DIR"] = str(cfg_dir)
-
-
-def run(args: argparse.Namespace) -> int:
-    import getpass
-
-    from nipype import config as nipype_config
-    from nipype import logging as nipype_logging
-
     from ..errors import QSMInputError
     from ..io.bids import validate_dataset
-    from ..io.derivatives import check_output_dir, write_dataset_files
-    from ..workflows.base import init_qsmflow_wf, subject_wf_name
+    from ..io.derivatives import check_output_dir
 
-    t0 = time.perf_counter()
-    cfg = build_config(args)
     bids_dir = Path(args.bids_dir).resolve()
     if not bids_dir.is_dir():
         raise QSMInputError("BIDS folder not found", str(bids_dir))
@@ -195,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
         bids_dir,
         participant_label=args.participant_label,
         session_label=args.session_label,
-        pipeline=cfg.pipeline,
+        pipeline=pipeline,
     )
     if problems:
         print(f"qsmflow run: {len(problems)} problem(s) in {bids_dir}:", file=sys.stderr)
@@ -206,6 +153,36 @@ def run(args: argparse.Namespace) -> int:
             "no subject/session can be processed (problems listed above)", str(bids_dir)
         )
     skipped = sorted({p.subject for p in problems if getattr(p, "subject", None)})
+    return bids_dir, out, subjects, skipped
+
+
+def _print_dry_run(subjects: list) -> None:
+    for s in subjects:
+        for r in s.runs:
+            print(
+                f"  {s.label} {r.label}: {len(r.echoes)} echoes, "
+                f"TE {', '.join(f'{t * 1e3:g}' for t in r.echo_times_s)} ms, "
+                f"{r.field_strength_t:g} T"
+            )
+    print("dry run: nothing computed")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check the dataset, build the workflow, run it and report per subject (exit 0/1/2)."""
+    from ..io.derivatives import check_output_dir, write_dataset_files
+    from ..workflows.base import init_qsmflow_wf, subject_wf_name
+    from ._nipype_runtime import (
+        Tracker,
+        attach_log,
+        configure_nipype,
+        failures_by_subject,
+        plugin_settings,
+        summarise,
+    )
+
+    t0 = time.perf_counter()
+    cfg = build_config(args)
+    bids_dir, out, subjects, skipped = _check_input(args, cfg.pipeline)
 
     work = Path(args.work_dir).resolve() if args.work_dir else out / "work"
     wf = init_qsmflow_wf(subjects=subjects, config=cfg, bids_dir=bids_dir, output_dir=out)
@@ -217,112 +194,34 @@ def run(args: argparse.Namespace) -> int:
         f"({', '.join(labels)}), {len(nodes)} nodes"
     )
     if args.dry_run:
-        for s in subjects:
-            for r in s.runs:
-                print(
-                    f"  {s.label} {r.label}: {len(r.echoes)} echoes, "
-                    f"TE {', '.join(f'{t * 1e3:g}' for t in r.echo_times_s)} ms, "
-                    f"{r.field_strength_t:g} T"
-                )
-        print("dry run: nothing computed")
+        _print_dry_run(subjects)
         return 0
 
     check_output_dir(work)
     write_dataset_files(out, bids_dir, cfg.pipeline)
     logs = out / "logs"
     logs.mkdir(exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    log_file = logs / f"qsmflow_{stamp}_{os.getpid()}.log"
-    crash_dir = logs / f"crash_{stamp}_{os.getpid()}"
-    (logs / f"config_{stamp}_{os.getpid()}.json").write_text(
-        json.dumps(cfg.to_dict(), indent=2) + "\n"
-    )
-    execution = {
-        "crashdump_dir": str(crash_dir),
-        "crashfile_format": "txt",
-        "hash_method": "timestamp",
-        "stop_on_first_crash": False,
-        "remove_unnecessary_outputs": False,
-    }
-    nipype_config.update_config(
-        {
-            "logging": {"log_directory": str(logs), "log_to_file": False},
-            "execution": execution,
-            "monitoring": {"enabled": False},
-        }
-    )
-    nipype_logging.update_logging(nipype_config)
-    wf.config["execution"].update(execution)  # the workflow copied the config when built
-    handler = logging.FileHandler(log_file)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    for h in root.handlers:  # the terminal keeps the -v level; the log file gets INFO
-        h.setLevel(max(h.level, root.level))
-    for name in ("nipype.workflow", "nipype.interface", "nipype.utils", "qsmflow"):
-        lg = logging.getLogger(name)
-        lg.addHandler(handler)
-        lg.setLevel(min(lg.level or logging.INFO, logging.INFO))
-    # Nipype's own console output is noisy; the progress bar and the summary replace it.
-    logging.getLogger("nipype.workflow").propagate = False
-    for h in logging.getLogger("nipype").handlers:
-        h.setLevel(logging.WARNING)
-
-    os.environ.setdefault("LOGNAME", getpass.getuser() or "qsmflow")  # batch plugins need it
+    run_id = f"{time.strftime('%Y%m%d-%H%M%S')}_{os.getpid()}"
+    log_file = logs / f"qsmflow_{run_id}.log"
+    crash_dir = logs / f"crash_{run_id}"
+    (logs / f"config_{run_id}.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    configure_nipype(wf, logs, crash_dir)
     plugin = cfg.execution.plugin
-    plugin_args = dict(cfg.execution.plugin_args)
-    if plugin == "MultiProc":
-        plugin_args.setdefault("mp_context", "forkserver")  # fork after torch use hangs
-        if cfg.execution.nprocs:
-            plugin_args.setdefault("n_procs", cfg.execution.nprocs)
-    _configure_workers(plugin, plugin_args.get("n_procs"), work)
-    if plugin == "MultiProc":  # the default 2 s poll dominates runs of many short nodes
-        wf.config["execution"]["poll_sleep_duration"] = 0.1
-
-    tracker = _Tracker(total=len(nodes))
-    try:
-        from tqdm import tqdm
-
-        tracker.bar = tqdm(
-            total=len(nodes), desc="qsmflow", unit="node", disable=not sys.stderr.isatty()
-        )
-    except ImportError:  # pragma: no cover - tqdm is a dependency
-        pass
+    plugin_args = plugin_settings(wf, plugin, cfg.execution.plugin_args, cfg.execution.nprocs, work)
+    tracker = Tracker.with_progress_bar(len(nodes))
     plugin_args["status_callback"] = tracker
     crashed = None
-    try:
-        wf.run(plugin=plugin, plugin_args=plugin_args)
-    except RuntimeError as exc:
-        crashed = exc
-    finally:
-        if tracker.bar is not None:
-            tracker.bar.close()
-        for name in ("nipype.workflow", "nipype.interface", "nipype.utils", "qsmflow"):
-            logging.getLogger(name).removeHandler(handler)
-        handler.close()
+    with attach_log(log_file):
+        try:
+            wf.run(plugin=plugin, plugin_args=plugin_args)
+        except RuntimeError as exc:
+            crashed = exc
+        finally:
+            tracker.close()
 
-    messages = _crash_messages(crash_dir) if crash_dir.exists() else {}
-    failed_subjects: dict[str, list[str]] = {}
-    for s in subjects:
-        prefix = f"{wf.name}.{subject_wf_name(s)}."
-        bad = [n for n in tracker.failed if n.startswith(prefix)]
-        if bad:
-            failed_subjects[s.label] = [
-                f"{n[len(prefix) :]}: {messages.get(n.split('.')[-1], messages.get(n, ''))}"
-                for n in bad
-            ]
-    if crashed is not None and not failed_subjects:
-        failed_subjects["(workflow)"] = [str(crashed)]
-
-    elapsed = time.perf_counter() - t0
-    print(f"\nqsmflow run: finished in {elapsed:.0f} s ({plugin})")
-    for s in subjects:
-        state = "FAILED" if s.label in failed_subjects else "ok"
-        print(f"  {s.label:<24} {state}")
-        for line in failed_subjects.get(s.label, []):
-            print(f"      {line}")
-    for label in skipped:
-        print(f"  {label:<24} SKIPPED (input problems above)")
-    print(f"derivatives: {out}\nlog: {log_file}\nwork dir (cache): {work}")
-    if crash_dir.exists():
-        print(f"crash reports: {crash_dir}")
-    return 1 if failed_subjects or skipped else 0
+    prefixes = {s.label: f"{wf.name}.{subject_wf_name(s)}." for s in subjects}
+    failed = failures_by_subject(prefixes, tracker.failed, crash_dir, crashed)
+    print(f"\nqsmflow run: finished in {time.perf_counter() - t0:.0f} s ({plugin})")
+    paths = {"derivatives": out, "log": log_file, "work dir (cache)": work}
+    summarise(labels, failed, skipped, paths, crash_dir)
+    return 1 if failed or skipped else 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 
 DESCRIPTION = """\
 Unwrap a phase image, or fit a field map from multi-echo phase.
@@ -28,7 +27,10 @@ other echoes).
 A JSON sidecar next to OUT records units, echo times and method."""
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from ..physics.multiecho import UNWRAPPING_METHODS
+    from ..physics.validation import PHASE_UNITS
+
     p = subparsers.add_parser(
         "unwrap",
         help="unwrap phase (rad) or fit a multi-echo field map (Hz)",
@@ -52,14 +54,14 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--units",
-        choices=("auto", "rad", "siemens", "siemens-raw"),
+        choices=PHASE_UNITS,
         default="auto",
         help="phase units: rad, siemens (-4096..4095 -> x pi/4096), siemens-raw (0..4095 -> "
         "x pi/2048 - pi); default auto from the value range",
     )
     p.add_argument(
         "--method",
-        choices=("laplacian", "lsq", "temporal"),
+        choices=[m for m in UNWRAPPING_METHODS if m != "auto"],
         default=None,
         help="unwrapping method (default: temporal for multi-echo with TEs, else laplacian)",
     )
@@ -68,64 +70,30 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from ..errors import QSMInputError
-    from ..io.nifti import load_volume, save_volume
-    from ..physics.multiecho import check_echo_times, multiecho_field
-    from ..physics.unwrap import laplacian_unwrap, lsq_unwrap
-    from ..physics.validation import check_mask, check_same_grid, phase_to_radians
+    from ..steps.fieldmap import fit_field, unwrap_phase
 
-    log = logging.getLogger("qsmflow.unwrap")
-    vol = load_volume(args.phase, ndim=None)
-    data = vol.data
-    if data.ndim not in (3, 4):
-        raise QSMInputError(f"phase must be 3-D or 4-D, got shape {data.shape}", vol.path)
-    phase, units = phase_to_radians(data, vol.path, units=args.units)
-    log.info("phase units: %s", units)
-    grid = phase.shape[:3]
-    finite = np.all(np.isfinite(phase), axis=3) if phase.ndim == 4 else np.isfinite(phase)
-    if args.mask:
-        mvol = load_volume(args.mask, ndim=3)
-        check_same_grid(mvol.data.shape, grid, "mask vs phase", mvol.path)
-        mask = check_mask(mvol.data, grid, mvol.path)
-    else:
-        mask = finite
-        if not mask.all():
-            log.warning("%d non-finite voxel(s) left out of the mask", int((~mask).sum()))
-        mask = check_mask(mask, grid, vol.path)
-    magnitude = None
-    if args.magnitude:
-        mag = load_volume(args.magnitude, ndim=None)
-        check_same_grid(mag.data.shape, data.shape, "magnitude vs phase", mag.path)
-        magnitude = mag.data
-    vox = vol.voxel_size
-    sidecar: dict = {"PhaseUnitsIn": units}
     if args.echo_times:
-        n_echoes = phase.shape[3] if phase.ndim == 4 else 1
-        te = check_echo_times(args.echo_times, n_echoes)
-        method = args.method or ("temporal" if n_echoes > 1 else "laplacian")
-        field, offset = multiecho_field(phase, magnitude, te, vox, mask, method=method)
-        save_volume(
+        fit_field(
+            args.phase,
             args.output,
-            field,
-            vol.affine,
-            sidecar={**sidecar, "Units": "Hz", "EchoTime": te.tolist(), "Method": method},
+            echo_times=args.echo_times,
+            magnitude=args.magnitude,
+            mask=args.mask,
+            method=args.method or "auto",
+            phase_units=args.units,
+            offset_output=args.offset_out,
         )
-        if args.offset_out:
-            save_volume(args.offset_out, offset, vol.affine, sidecar={"Units": "rad"})
         return 0
     if args.offset_out:
         raise QSMInputError("--offset-out needs --echo-times (the offset comes from the fit)")
-    method = args.method or "laplacian"
-    if method == "temporal":
+    if args.method == "temporal":
         raise QSMInputError("--method temporal needs --echo-times")
-    unwrap_one = laplacian_unwrap if method == "laplacian" else lsq_unwrap
-    if phase.ndim == 3:
-        out = unwrap_one(phase, vox, mask=mask)
-    else:
-        out = np.stack(
-            [unwrap_one(phase[..., n], vox, mask=mask) for n in range(phase.shape[3])], axis=3
-        )
-    save_volume(args.output, out, vol.affine, sidecar={**sidecar, "Units": "rad", "Method": method})
+    unwrap_phase(
+        args.phase,
+        args.output,
+        mask=args.mask,
+        method=args.method or "laplacian",
+        phase_units=args.units,
+    )
     return 0

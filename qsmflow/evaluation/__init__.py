@@ -1,8 +1,12 @@
 """Evaluation of susceptibility maps: QSM-CI and 2016-challenge metrics, ROI statistics.
 
-See :mod:`qsmflow.evaluation.metrics` for the exact definitions of each family.
+* :mod:`.qsmci` and :mod:`.challenge2016` - the two metric families, each matching one
+  reference implementation; :mod:`.metrics` - :func:`score`, both families at once;
+* :mod:`.rois` - per-ROI statistics (ppm);
+* :mod:`.files` - :func:`evaluate_files`, the checked file-level entry of ``qsmflow evaluate``.
 """
 
+from .files import evaluate_files
 from .metrics import (
     calcification_metrics,
     challenge_rescale,
@@ -31,6 +35,7 @@ __all__ = [
     "correlation",
     "default_label_names",
     "dgm_linearity",
+    "evaluate_files",
     "hfen_2016",
     "hfen_qsmci",
     "load_label_names",

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import QSMInputError
+from ._checks import as_labels, check_same_shape
 
 __all__ = ["default_label_names", "load_label_names", "roi_stats", "roi_mean_agreement"]
 
@@ -112,18 +113,10 @@ def roi_stats(
     """
     r = np.asarray(recon, dtype=np.float64)
     t = np.asarray(reference, dtype=np.float64)
-    lab = np.asarray(labels)
-    for arr, name in ((t, "reference"), (lab, "labels")):
-        if arr.shape != r.shape:
-            raise QSMInputError(f"shape {arr.shape} does not match recon shape {r.shape}", name)
+    check_same_shape(r, t, "recon", "reference")
+    lab = as_labels(labels, r.shape)
     m = np.ones(r.shape, bool) if mask is None else np.asarray(mask) > 0
-    if m.shape != r.shape:
-        raise QSMInputError(f"shape {m.shape} does not match recon shape {r.shape}", "mask")
-    if lab.dtype.kind not in "iub":
-        lab_f = np.asarray(lab, dtype=np.float64)
-        if not np.all(np.isfinite(lab_f)) or np.max(np.abs(lab_f - np.rint(lab_f))) > 1e-3:
-            raise QSMInputError("label map is not integer-valued", "labels")
-        lab = np.rint(lab_f).astype(np.int64)
+    check_same_shape(r, m, "recon", "mask")
     names = default_label_names() if label_names is None else dict(label_names)
     in_mask = lab[m]
     r_m = r[m]

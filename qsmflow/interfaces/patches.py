@@ -1,10 +1,9 @@
-"""Interface writing a training patch set (see :mod:`qsmflow.training.patches`)."""
+"""Interface of the training-patches step (:func:`qsmflow.steps.patches.training_patches`)."""
 
 from __future__ import annotations
 
 import os
 
-import numpy as np
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
     Directory,
@@ -12,9 +11,11 @@ from nipype.interfaces.base import (
     InputMultiObject,
     SimpleInterface,
     TraitedSpec,
-    isdefined,
     traits,
 )
+
+from ..training.patch_grid import MIN_MASK_FRACTION, PATCH_SIZE, STRIDE
+from . import step_options
 
 
 class _TrainingPatchesInputSpec(BaseInterfaceInputSpec):
@@ -23,11 +24,13 @@ class _TrainingPatchesInputSpec(BaseInterfaceInputSpec):
     )
     chi = File(exists=True, mandatory=True, desc="COSMOS susceptibility (ppm), reference grid")
     mask = File(exists=True, mandatory=True, desc="COSMOS mask")
-    b0_dirs = traits.List(traits.Float, mandatory=True, desc="3 numbers per orientation")
-    patch_size = traits.Int(64, usedefault=True)
-    stride = traits.Int(32, usedefault=True)
-    min_mask_fraction = traits.Float(0.125, usedefault=True)
-    source_files = InputMultiObject(traits.Str, desc="inputs, recorded in patches.json")
+    b0_dirs = traits.List(
+        traits.List(traits.Float), mandatory=True, desc="one unit 3-vector per orientation"
+    )
+    patch_size = traits.Int(PATCH_SIZE, usedefault=True, desc="patch edge, voxels")
+    stride = traits.Int(STRIDE, usedefault=True, desc="grid step, voxels")
+    min_mask_fraction = traits.Float(MIN_MASK_FRACTION, usedefault=True)
+    source_files = InputMultiObject(traits.Str, desc="inputs recorded as Sources in patches.json")
 
 
 class _TrainingPatchesOutputSpec(TraitedSpec):
@@ -42,32 +45,18 @@ class TrainingPatches(SimpleInterface):
     output_spec = _TrainingPatchesOutputSpec
 
     def _run_interface(self, runtime):
-        from ..io.nifti import load_volume
-        from ..training.patches import write_patch_set
+        from ..steps.patches import training_patches
 
-        fields = [load_volume(f, ndim=3) for f in self.inputs.local_fields]
-        chi = load_volume(self.inputs.chi, ndim=3)
-        mask = load_volume(self.inputs.mask, ndim=3)
-        dirs = np.asarray(self.inputs.b0_dirs, dtype=np.float64).reshape(-1, 3)
-        sources = (
-            {"inputs": list(self.inputs.source_files)}
-            if isdefined(self.inputs.source_files)
-            else None
+        result = training_patches(
+            self.inputs.local_fields,
+            self.inputs.chi,
+            self.inputs.mask,
+            self.inputs.b0_dirs,
+            os.path.join(runtime.cwd, "patches"),
+            **step_options(self.inputs, "patch_size", "stride", "min_mask_fraction"),
+            **step_options(self.inputs, "source_files"),
+            overwrite=True,  # the node's own working folder: a rerun replaces its set
         )
-        out = os.path.join(runtime.cwd, "patches")
-        summary = write_patch_set(
-            out,
-            field_ppm=[f.data for f in fields],
-            chi_ppm=chi.data,
-            mask=mask.data > 0.5,
-            b0_dirs=dirs,
-            voxel_size=chi.voxel_size,
-            patch_size=self.inputs.patch_size,
-            stride=self.inputs.stride,
-            min_mask_fraction=self.inputs.min_mask_fraction,
-            sources=sources,
-            overwrite=True,
-        )
-        self._results["out_dir"] = out
-        self._results["count"] = int(summary["count"])
+        self._results["out_dir"] = str(result.outputs["patches"])
+        self._results["count"] = result.values["count"]
         return runtime

@@ -4,7 +4,7 @@
   (``fsync=True`` flushes it to disk first, for checkpoints and transforms).
 * :func:`atomic_dir` - a temporary folder beside the target, swapped in on success (an older
   target is moved aside first and removed after; put back if the swap fails).
-* :func:`write_text_atomic` - text through :func:`atomic_path`.
+* :func:`write_text_atomic` - text through :func:`atomic_path`; :func:`atomic_copy` - a file copy.
 
 An interrupted write leaves at most a hidden ``.tmp-*`` entry that nothing reads. A folder that
 is not writable raises :class:`QSMInputError` naming it.
@@ -37,8 +37,10 @@ def nifti_stem(path: str | os.PathLike) -> str:
     return Path(name).stem
 
 
-def _suffix(p: Path) -> str:
-    return ".nii.gz" if p.name.endswith(".nii.gz") else p.suffix
+def nifti_extension(path: str | os.PathLike) -> str:
+    """The extension :func:`nifti_stem` strips: ``".nii.gz"``, ``".nii"``, ``".json"``, ``""``."""
+    name = Path(path).name
+    return name[len(nifti_stem(name)) :]
 
 
 def writable_parent(path: str | os.PathLike) -> Path:
@@ -76,7 +78,7 @@ def atomic_path(
     """
     p = writable_parent(path)
     fd, tmp = tempfile.mkstemp(
-        prefix=".tmp-", suffix=_suffix(p) if suffix is None else suffix, dir=p.parent
+        prefix=".tmp-", suffix=nifti_extension(p) if suffix is None else suffix, dir=p.parent
     )
     os.close(fd)
     try:
@@ -135,3 +137,11 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text)
     return Path(path)
+
+
+def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Copy the file ``src`` to ``dst`` atomically; the copy is readable by all (mode 644)."""
+    with atomic_path(dst, "") as tmp:
+        shutil.copyfile(src, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp made it private
+    return Path(dst)

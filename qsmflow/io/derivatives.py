@@ -9,6 +9,7 @@ from typing import Any
 
 from ..errors import QSMInputError
 from .atomic import write_text_atomic
+from .naming import naming_table
 from .nifti import write_json
 
 #: Paths inside the derivatives folder that BIDS has no name for: logs, the Nipype cache,
@@ -18,19 +19,18 @@ from .nifti import write_json
 BIDSIGNORE = ("/logs", "/work", "*_patches", "*_xfm.*", "*_fieldmap.*")
 
 
-README_TEXT = """\
+README_TEXT = f"""\
 qsmflow derivatives
 ===================
 
-Written by `qsmflow run`. Per run: brain mask (desc-brain),
-total field in Hz (desc-total_fieldmap), local field in ppm of B0 (desc-local_fieldmap) and its
-valid-voxel mask (desc-vsharp), single-orientation susceptibility maps in ppm
-(desc-<method>_Chimap). Per subject with several head orientations: COSMOS susceptibility in
-ppm on the reference orientation's grid (desc-cosmos_Chimap, desc-cosmos_mask), every
-orientation's local field and mask on that grid (desc-reference), rigid transforms
-(desc-rigid_xfm.txt: 4x4 RAS world transform reference -> orientation, mm; desc-flirt_xfm.mat:
-the same as an FSL FLIRT matrix) and training patch sets (desc-training_patches/, format in
-qsmflow.training.patches). Sidecars give units, methods, parameters, backends and sources.
+Written by `qsmflow run`. A file is named after the inputs it was computed from: the entities
+they share, then desc- and the suffix. Results of one run (head orientation) keep its
+acq-/run- entities; multi-orientation results (COSMOS, on the reference orientation's grid) have
+sub-/ses- only. All are in sub-<s>/[ses-<x>/]anat/:
+
+{naming_table()}
+
+Sidecars give units, methods, parameters, backends and sources (BIDS URIs).
 logs/ holds the run logs and crash reports.
 """
 
@@ -50,6 +50,7 @@ def check_output_dir(path: str | os.PathLike) -> Path:
 
 
 def dataset_description(bids_dir: str | os.PathLike, pipeline: str) -> dict[str, Any]:
+    """The derivatives' BIDS ``dataset_description.json`` (DatasetLinks raw -> ``bids_dir``)."""
     from .. import __version__
 
     return {

@@ -1,5 +1,9 @@
-"""Brain extraction (masking) from magnitude images; numerics only (see :mod:`.bet`)."""
+"""Brain extraction (masking) from magnitude images.
 
-from .bet import brain_mask, otsu_threshold
+* :mod:`.brain_mask` - qsmflow's own threshold-and-morphology method on arrays (numerics only).
+* :mod:`.files` - a brain mask from a magnitude *file*, with FSL BET or that method as backend.
+"""
+
+from .brain_mask import brain_mask, otsu_threshold
 
 __all__ = ["brain_mask", "otsu_threshold"]

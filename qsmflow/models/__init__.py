@@ -1,23 +1,26 @@
-"""Neural networks (torch): the ISDU-QSMNet denoiser, the unrolled model and checkpoint I/O."""
+"""Neural networks (torch): the ISDU-QSMNet denoiser, the unrolled model and checkpoint I/O.
+
+Modules: :mod:`.wideresnet` (the denoiser), :mod:`.isdu` (the unrolled network),
+:mod:`.consistency` (its data-consistency solvers), :mod:`.kernels` (the one ISDU dipole
+kernel), :mod:`.checkpoints` (the one checkpoint reader/writer), :mod:`.inference`
+(whole-volume prediction).
+"""
 
 from __future__ import annotations
 
 from .checkpoints import load_denoiser_state, load_isdu, save_isdu
-from .isdu import (
-    OUT_MEAN,
-    OUT_STD,
+from .consistency import (
     CGResult,
-    ISDUIntermediates,
-    ISDUQSMNet,
     conjugate_gradient,
-    dc_closed_form,
-    isdu_kernel,
     normal_operator,
-    reference_kernel,
+    solve_consistency_closed_form,
 )
+from .isdu import OUT_MEAN, OUT_STD, ISDUIntermediates, ISDUQSMNet
+from .kernels import ISDU_KERNEL_K0, isdu_kernel, reference_kernel
 from .wideresnet import WideBasicBlock, WideResNet
 
 __all__ = [
+    "ISDU_KERNEL_K0",
     "OUT_MEAN",
     "OUT_STD",
     "CGResult",
@@ -26,11 +29,11 @@ __all__ = [
     "WideBasicBlock",
     "WideResNet",
     "conjugate_gradient",
-    "dc_closed_form",
     "isdu_kernel",
     "load_denoiser_state",
     "load_isdu",
     "normal_operator",
     "reference_kernel",
     "save_isdu",
+    "solve_consistency_closed_form",
 ]

@@ -16,6 +16,11 @@ tensors and plain containers are unpickled, never arbitrary objects. Three layou
         "model": ISDUQSMNet.state_dict(),
         "extra": {...}}                   # optional, plain values/tensors (trainer state etc.)
 
+This module is the one place that recognises these layouts: inference reads through
+:func:`load_isdu`, the trainer through :func:`model_from_checkpoint` (resume) and
+:func:`first_denoiser_state` (``init_from``). Writes go through
+:func:`qsmflow.io.atomic.atomic_path` with ``fsync``.
+
 Every problem (missing, unreadable or corrupt file, unknown layout, missing or unexpected keys,
 shape mismatches) raises :class:`~qsmflow.errors.QSMInputError` naming the file.
 """
@@ -23,7 +28,6 @@ shape mismatches) raises :class:`~qsmflow.errors.QSMInputError` naming the file.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,6 +36,7 @@ import torch
 from torch import Tensor
 
 from ..errors import QSMInputError
+from ..io.atomic import atomic_path
 from .isdu import ISDUQSMNet
 from .wideresnet import WideResNet
 
@@ -40,9 +45,12 @@ __all__ = [
     "VERSION",
     "check_state_dict",
     "checkpoint_extra",
+    "first_denoiser_state",
     "export_weights",
+    "is_qsmflow_checkpoint",
     "load_denoiser_state",
     "load_isdu",
+    "model_from_checkpoint",
     "read_checkpoint",
     "save_isdu",
 ]
@@ -132,6 +140,65 @@ def _load_into(model: ISDUQSMNet, state: Any, source: str) -> ISDUQSMNet:
     return model
 
 
+def is_qsmflow_checkpoint(obj: Any) -> bool:
+    """Whether a loaded checkpoint object is in qsmflow's own format (layout 3)."""
+    return isinstance(obj, Mapping) and obj.get("format") == FORMAT
+
+
+def _check_qsmflow(obj: Mapping[str, Any], source: str) -> Mapping[str, Any]:
+    """The model config of a qsmflow checkpoint dict after checking format, version and keys."""
+    if obj.get("format") != FORMAT:
+        raise QSMInputError(f"unknown checkpoint format {obj.get('format')!r}", source=source)
+    if obj.get("version") != VERSION:
+        raise QSMInputError(
+            f"unsupported {FORMAT} version {obj.get('version')!r} (this is version {VERSION})",
+            source=source,
+        )
+    config = obj.get("config")
+    if not isinstance(config, Mapping) or not isinstance(obj.get("model"), Mapping):
+        raise QSMInputError("checkpoint lacks 'config' or 'model'", source=source)
+    return config
+
+
+def model_from_checkpoint(obj: Mapping[str, Any], source: str, **overrides: Any) -> ISDUQSMNet:
+    """The :class:`ISDUQSMNet` of a loaded qsmflow checkpoint dict (strict weights; train mode).
+
+    ``overrides`` replace entries of the saved config (architecture keys must still agree with
+    the saved weights).
+    """
+    config = _check_qsmflow(obj, source)
+    try:
+        model = ISDUQSMNet(**{**config, **overrides})
+    except TypeError as exc:
+        raise QSMInputError(f"bad model config: {exc}", source=source) from exc
+    return _load_into(model, obj["model"], source)
+
+
+def first_denoiser_state(obj: Any, source: str) -> tuple[dict[str, Tensor], dict | None]:
+    """(WideResNet state_dict of the first denoiser, model config or None) of any layout.
+
+    Reads qsmflow checkpoints (denoiser 0 and the saved config), the authors' unshared-weight
+    dict (``model_0``) and their plain WideResNet state_dict (no config). The trainer
+    initialises every denoiser of an unrolled model from it.
+    """
+    if not isinstance(obj, Mapping):
+        raise QSMInputError(f"checkpoint holds a {type(obj).__name__}, not a dict", source)
+    if "format" in obj:
+        config = _check_qsmflow(obj, source)
+        prefix = "denoisers.0."
+        sd = {k[len(prefix) :]: v for k, v in obj["model"].items() if k.startswith(prefix)}
+        if not sd:
+            raise QSMInputError("checkpoint model has no denoisers.0.* weights", source)
+        return sd, dict(config)
+    if "K_unrolling" in obj and isinstance(obj.get("model_0"), Mapping):
+        return dict(obj["model_0"]), None
+    if "lambda_val" in obj and any(str(k).startswith("gen.") for k in obj):
+        return dict(obj), None  # the authors' plain WideResNet state_dict
+    raise QSMInputError(
+        f"neither a {FORMAT} checkpoint nor a WideResNet state_dict (lambda_val, gen.*)", source
+    )
+
+
 def load_isdu(path: str | os.PathLike, **overrides: Any) -> ISDUQSMNet:
     """Build an :class:`ISDUQSMNet` from any of the three layouts (module docstring).
 
@@ -144,21 +211,7 @@ def load_isdu(path: str | os.PathLike, **overrides: Any) -> ISDUQSMNet:
     source = str(path)
     obj = read_checkpoint(path)
     if isinstance(obj, Mapping) and "format" in obj:
-        if obj.get("format") != FORMAT:
-            raise QSMInputError(f"unknown checkpoint format {obj.get('format')!r}", source=source)
-        if obj.get("version") != VERSION:
-            raise QSMInputError(
-                f"unsupported {FORMAT} version {obj.get('version')!r} (this is version {VERSION})",
-                source=source,
-            )
-        config = obj.get("config")
-        if not isinstance(config, Mapping) or "model" not in obj:
-            raise QSMInputError("checkpoint lacks 'config' or 'model'", source=source)
-        try:
-            model = ISDUQSMNet(**{**config, **overrides})
-        except TypeError as exc:
-            raise QSMInputError(f"bad model config: {exc}", source=source) from exc
-        return _load_into(model, obj["model"], source).eval()
+        return model_from_checkpoint(obj, source, **overrides).eval()
 
     if isinstance(obj, Mapping) and "K_unrolling" in obj:
         n_iter = int(obj["K_unrolling"])
@@ -183,7 +236,7 @@ def load_isdu(path: str | os.PathLike, **overrides: Any) -> ISDUQSMNet:
 def save_isdu(
     path: str | os.PathLike, model: ISDUQSMNet, extra: Mapping[str, Any] | None = None
 ) -> Path:
-    """Write ``model`` in qsmflow's format, atomically (temporary file + ``os.replace``).
+    """Write ``model`` in qsmflow's format, atomically and flushed to disk (``atomic_path``).
 
     ``extra`` (epoch, losses, optimiser state, ...) must hold only tensors and plain Python
     values so that it can be read back with ``weights_only=True``. Returns the path.
@@ -197,17 +250,8 @@ def save_isdu(
     }
     if extra is not None:
         obj["extra"] = dict(extra)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path, fsync=True) as tmp:
+        torch.save(obj, tmp)
     return path
 
 
@@ -226,7 +270,7 @@ def export_weights(
     """
     source = str(src)
     obj = read_checkpoint(src)
-    if not (isinstance(obj, Mapping) and obj.get("format") == FORMAT):
+    if not is_qsmflow_checkpoint(obj):
         raise QSMInputError(f"not a {FORMAT} checkpoint (train with qsmflow first)", source)
     model = load_isdu(src)
     training = dict((obj.get("extra") or {}).get("training") or {})
@@ -241,6 +285,6 @@ def export_weights(
 def checkpoint_extra(path: str | os.PathLike) -> dict[str, Any]:
     """The ``extra`` dict of a qsmflow checkpoint (training summary, provenance); {} if none."""
     obj = read_checkpoint(path)
-    if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
+    if is_qsmflow_checkpoint(obj):
         return dict(obj.get("extra") or {})
     return {}

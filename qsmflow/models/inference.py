@@ -9,7 +9,7 @@ susceptibility map (ppm), with the conventions of the trained model:
   masked fields, phi = M F^-1 D F chi). With ``pad_multiple=1`` nothing is padded. The padding
   changes the FFT grid (the data-consistency step treats the padded box as periodic), so a
   padded and an unpadded run differ slightly near the box faces.
-* **Kernel.** :func:`~qsmflow.models.isdu.isdu_kernel` on the padded grid: D(k) = 1/3 -
+* **Kernel.** :func:`~qsmflow.models.kernels.isdu_kernel` on the padded grid: D(k) = 1/3 -
   (k.b)^2/|k|^2 with k = fftfreq(N, d=voxel) (cycles/mm), any voxel size and B0 direction, and
   D(0) = 1/3 as the authors' kernel (for even sizes, and every padded size with
   ``pad_multiple`` even is even, this is the authors' k grid).
@@ -54,8 +54,10 @@ from torch import Tensor, nn
 
 from ..errors import QSMInputError
 from ..physics.kernel import check_voxel_size, normalise_b0_dir
+from ..physics.validation import check_mask
 from .checkpoints import load_isdu
-from .isdu import ISDUQSMNet, isdu_kernel
+from .isdu import ISDUQSMNet
+from .kernels import ISDU_KERNEL_K0, isdu_kernel
 from .wideresnet import FusedWideResNet, WideResNet
 
 __all__ = [
@@ -88,19 +90,25 @@ def receptive_radius(model: ISDUQSMNet) -> int:
     return 2 * int(model.config.get("n_blocks", 8)) + 1
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
+def resolve_device(
+    device: str | torch.device = "auto", local_rank: int | None = None
+) -> torch.device:
     """``"auto"`` -> CUDA when available, else CPU; ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...
 
-    Asking for CUDA where none is available raises QSMInputError.
+    ``local_rank`` (a distributed trainer's process on this node) picks the GPU where the name
+    gives none (``"auto"``, ``"cuda"``). Asking for CUDA where none is available raises
+    QSMInputError.
     """
     if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise QSMInputError(f"unknown device {device!r} (use auto, cpu or cuda)") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise QSMInputError(f"device {device!r} requested but CUDA is not available")
+    if dev.type == "cuda" and dev.index is None and local_rank is not None:
+        dev = torch.device("cuda", int(local_rank))
     return dev
 
 
@@ -258,15 +266,7 @@ def predict_volume(
         raise QSMInputError(f"field must be a 3-D array, got shape {phi.shape}")
     if not np.issubdtype(phi.dtype, np.floating) and not np.issubdtype(phi.dtype, np.integer):
         raise QSMInputError(f"field must be real numbers (ppm), got dtype {phi.dtype}")
-    m = np.asarray(mask)
-    if m.shape != phi.shape:
-        raise QSMInputError(f"mask grid {m.shape} does not match the field grid {phi.shape}")
-    if m.dtype != bool:
-        if not np.issubdtype(m.dtype, np.number) or not np.all(np.isfinite(m)):
-            raise QSMInputError("mask must be finite numbers or booleans")
-        m = m > 0.5
-    if not m.any():
-        raise QSMInputError("mask is empty (no voxel is set)")
+    m = check_mask(mask, phi.shape)
     bad = ~np.isfinite(phi) & m
     if bad.any():
         raise QSMInputError(f"field has {int(bad.sum())} NaN/inf voxel(s) inside the mask")
@@ -409,7 +409,7 @@ def isdu_sidecar(info: dict[str, Any]) -> dict[str, Any]:
         "SharedWeights": info["shared_weights"],
         "Device": info["device"],
         "TileSize": info["tile_size"],
-        "DipoleKernelDC": 1.0 / 3.0,
+        "DipoleKernelK0": ISDU_KERNEL_K0,
     }
 
 
@@ -454,9 +454,7 @@ def invert_isdu(
     Returns ``(chi float32 ppm, info)``; info holds the weights file and its sha256, K, shared,
     the device used, tile_size, halo, pad_multiple and the dtype (for the JSON sidecar).
     """
-    if tile_size is not None and int(tile_size) < 1:
-        raise QSMInputError(f"tile size must be >= 1, got {tile_size}")
-    dev = resolve_device(device)
+    dev = resolve_device(device)  # before loading: a missing GPU fails fast
     model, info = load_inference_model(
         weights, iterations=iterations, shared_weights=shared_weights
     )

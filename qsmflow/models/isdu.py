@@ -56,7 +56,7 @@ the susceptibility statistics, z not masked, x_0 = F^-1 D F phi (not masked), D(
 
 The caller supplies the kernel, so any voxel size and B0 direction work::
 
-    kernel = isdu_kernel(shape, voxel_size, b0_dir)   # D(0) = 1/3, (1, 1, X, Y, Z) float32
+    kernel = isdu_kernel(shape, voxel_size, b0_dir)   # models.kernels: D(0) = 1/3, float32
     chi = model(phi, mask, kernel)
 """
 
@@ -66,30 +66,29 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ..errors import QSMInputError
-from ..physics.kernel import check_voxel_size, dipole_kernel
+from .consistency import (
+    REFERENCE_CG_ABS_TOL,
+    REFERENCE_CG_INCREASE_TOL,
+    SPATIAL_DIMS,
+    conjugate_gradient,
+    normal_operator,
+    solve_consistency_closed_form,
+)
 from .wideresnet import WideResNet
 
 __all__ = [
+    "CONSISTENCY_SOLVERS",
     "LAMBDA_MIN",
     "OUT_MEAN",
     "OUT_STD",
     "P_MIN",
-    "REFERENCE_CG_ABS_TOL",
-    "REFERENCE_CG_INCREASE_TOL",
-    "CGResult",
-    "DCMode",
+    "ConsistencySolver",
     "ISDUIntermediates",
     "ISDUQSMNet",
-    "conjugate_gradient",
-    "dc_closed_form",
-    "isdu_kernel",
-    "normal_operator",
-    "reference_kernel",
 ]
 
 #: Susceptibility statistics of the authors' training set (tr-stats.mat, float32 bits
@@ -97,181 +96,14 @@ __all__ = [
 OUT_MEAN = -0.0027030049823224545
 OUT_STD = 0.028927242383360863
 
-#: The authors' absolute CG stopping thresholds on sum |r|^2 (ppm^2, whole volume).
-REFERENCE_CG_ABS_TOL = 1e-10
-REFERENCE_CG_INCREASE_TOL = 1e-6
-
 #: Constraints of the default path (the reference path applies none).
 LAMBDA_MIN = 1e-6
 P_MIN = 0.1
 
-DCMode = Literal["auto", "closed_form", "cg", "reference"]
-_DC_MODES = ("auto", "closed_form", "cg", "reference")
-_SPATIAL = (-3, -2, -1)
-
-
-# --------------------------------------------------------------------------------------------
-# Kernels
-
-
-def reference_kernel(
-    shape: Sequence[int], voxel_size: Sequence[float] = (1.0, 1.0, 1.0)
-) -> np.ndarray:
-    """The authors' dipole kernel, bit for bit: (X, Y, Z) float32, DC at [0, 0, 0], B0 = axis 2.
-
-    k_i = n_i / (N_i * voxel_i) with integer n_i in FFT order; in float64
-    D = 1/3 - k_2^2 / (k_0^2 + k_1^2 + k_2^2 + eps), eps = 2.22e-16 (so D(0) = 1/3), rounded to
-    float32. Reproduces ``kernel.npz`` exactly. The voxel size divides k (the authors multiply;
-    identical for 1 mm voxels) and odd sizes use the exact integer grid (the authors' linspace
-    grid is only right for even sizes). :func:`~qsmflow.physics.kernel.dipole_kernel` with
-    ``dc_value=1/3, dtype=np.float64`` agrees to 1e-12 but differs in the last float32 bit of a
-    few dozen voxels.
-    """
-    shape = tuple(int(n) for n in shape)
-    if len(shape) != 3 or min(shape) < 1:
-        raise QSMInputError(f"dipole kernel needs a 3-D shape, got {shape}")
-    vox = check_voxel_size(voxel_size)
-    ks = []
-    for axis, (n, d) in enumerate(zip(shape, vox, strict=True)):
-        ints = np.rint(np.fft.fftfreq(n, d=1.0 / n))
-        view = [1, 1, 1]
-        view[axis] = n
-        ks.append((ints / (n * d)).reshape(view))
-    eps = np.finfo(np.float64).eps
-    d = 1.0 / 3.0 - ks[2] ** 2 / (ks[0] ** 2 + ks[1] ** 2 + ks[2] ** 2 + eps)
-    return d.astype(np.float32)
-
-
-def isdu_kernel(
-    shape: Sequence[int],
-    voxel_size: Sequence[float] = (1.0, 1.0, 1.0),
-    b0_dir: Sequence[float] = (0.0, 0.0, 1.0),
-    *,
-    reference: bool = False,
-    device: torch.device | str | None = None,
-) -> Tensor:
-    """Dipole kernel for :class:`ISDUQSMNet`: (1, 1, X, Y, Z) float32, D(0) = 1/3, FFT layout.
-
-    ``reference=True`` gives :func:`reference_kernel` (B0 along axis 2 only); otherwise
-    :func:`qsmflow.physics.kernel.dipole_kernel` (any voxel size and B0 direction), computed in
-    float64 and rounded.
-    """
-    if reference:
-        b = np.asarray(b0_dir, dtype=np.float64)
-        if not (b[0] == 0 and b[1] == 0 and b[2] != 0):
-            raise QSMInputError(f"the reference kernel has B0 along axis 2, got {tuple(b0_dir)}")
-        d = reference_kernel(shape, voxel_size)
-    else:
-        d = dipole_kernel(shape, voxel_size, b0_dir, dc_value=1.0 / 3.0, dtype=np.float64)
-        d = d.astype(np.float32)
-    return torch.from_numpy(np.ascontiguousarray(d))[None, None].to(device)
-
-
-# --------------------------------------------------------------------------------------------
-# Data consistency
-
-
-def normal_operator(u: Tensor, kernel_sq: Tensor, lam: Tensor, w_sq: Tensor | None) -> Tensor:
-    """A u = F^-1(D^2 F u) + lambda w^2 u for u (B, 1, X, Y, Z); ``w_sq`` None means w^2 = 1."""
-    out = torch.fft.ifftn(kernel_sq * torch.fft.fftn(u, dim=_SPATIAL), dim=_SPATIAL)
-    return out + lam * (u if w_sq is None else w_sq * u)
-
-
-def dc_closed_form(phi_hat_d: Tensor, z: Tensor, kernel_sq: Tensor, lam: Tensor) -> Tensor:
-    """Exact solution of A x = b for w^2 = 1: x = F^-1[(D F phi + lambda F z) / (D^2 + lambda)].
-
-    ``phi_hat_d`` = D F phi (B, 1, X, Y, Z) complex, ``z`` (B, 1, X, Y, Z) complex, ``kernel_sq``
-    = D^2 (B or 1, 1, X, Y, Z) real, ``lam`` > 0 a (1,) tensor. Returns x (B, 1, X, Y, Z) complex.
-    """
-    num = phi_hat_d + lam * torch.fft.fftn(z, dim=_SPATIAL)
-    return torch.fft.ifftn(num / (kernel_sq + lam), dim=_SPATIAL)
-
-
-@dataclass
-class CGResult:
-    """Output of :func:`conjugate_gradient`.
-
-    ``x`` (B, ...) the solution; per sample, ``iterations`` = the number of x-updates and
-    ``residuals`` = sum |r|^2 at every stopping check (entry 0 = ||b - A x_start||^2; a run that
-    stopped has iterations + 1 entries, one that hit the cap has ``max_iter``).
-    """
-
-    x: Tensor
-    iterations: list[int]
-    residuals: list[list[float]]
-
-
-def _dot(u: Tensor, v: Tensor, dims: tuple[int, ...]) -> Tensor:
-    """Per-sample sum(conj(u) v) over ``dims``: (B,)."""
-    return torch.sum(torch.conj(u) * v, dim=dims)
-
-
-def conjugate_gradient(
-    apply_a: Callable[[Tensor], Tensor],
-    b: Tensor,
-    x: Tensor | None = None,
-    *,
-    max_iter: int = 30,
-    rel_tol: float | None = None,
-    abs_tol: float | None = None,
-    increase_tol: float | None = None,
-) -> CGResult:
-    """Solve A x = b by conjugate gradients, independently for every sample of the batch axis 0.
-
-    A must be Hermitian positive definite and act sample by sample. Before each update, sample
-    i stops when sum|r_i|^2 <= rel_tol^2 sum|r_i(start)|^2, or < ``abs_tol``, or when it rose
-    while the previous value was < ``increase_tol`` (the last two are the authors' absolute
-    rules, ``REFERENCE_CG_*``). At most ``max_iter`` updates. Step sizes are complex scalars
-    (alpha = r^H r / p^H A p, beta = r'^H r' / r^H r), as the authors. Every step is
-    differentiable (autograd unrolls the iterations).
-
-    ``x`` is the start (default zeros like ``b``); a real float64 start with a complex64 ``b``
-    promotes everything to complex128 (the authors' flow).
-    """
-    batch = b.shape[0]
-    dims = tuple(range(1, b.ndim))
-    view = (batch,) + (1,) * (b.ndim - 1)
-    if x is None:
-        x = torch.zeros_like(b)
-    r = b - apply_a(x)
-    d = r
-    rr = _dot(r, r, dims)
-    rr_start = rr.real.detach()
-    prev = rr_start.clone()
-    active = torch.ones(batch, dtype=torch.bool, device=b.device)
-    iterations = [0] * batch
-    residuals: list[list[float]] = [[] for _ in range(batch)]
-    for _ in range(max_iter):
-        val = rr.real.detach()
-        values = val.tolist()
-        flags = active.tolist()
-        for i in range(batch):
-            if flags[i]:
-                residuals[i].append(values[i])
-        stop = torch.zeros_like(active)
-        if rel_tol is not None:
-            stop |= val <= (rel_tol * rel_tol) * rr_start
-        if abs_tol is not None:
-            stop |= val < abs_tol
-        if increase_tol is not None:
-            stop |= (val > prev) & (prev < increase_tol)
-        active = active & ~stop
-        if not bool(active.any()):
-            break
-        prev = torch.where(active, val, prev)
-        ad = apply_a(d)
-        dad = _dot(d, ad, dims)
-        one = torch.ones_like(dad)
-        alpha = torch.where(active, rr / torch.where(active, dad, one), torch.zeros_like(dad))
-        x = x + alpha.reshape(view) * d
-        r = r - alpha.reshape(view) * ad
-        rr_new = _dot(r, r, dims)
-        beta = torch.where(active, rr_new / torch.where(active, rr, one), torch.zeros_like(rr))
-        d = r + beta.reshape(view) * d
-        rr = torch.where(active, rr_new, rr)
-        for i, a in enumerate(active.tolist()):
-            iterations[i] += int(a)
-    return CGResult(x=x, iterations=iterations, residuals=residuals)
+#: Data-consistency solvers, the choices of the ``dc_mode`` argument (module docstring). The
+#: argument keeps its name: it is stored in every checkpoint's config and in training presets.
+ConsistencySolver = Literal["auto", "closed_form", "cg", "reference"]
+CONSISTENCY_SOLVERS: tuple[ConsistencySolver, ...] = ("auto", "closed_form", "cg", "reference")
 
 
 # --------------------------------------------------------------------------------------------
@@ -327,6 +159,11 @@ class ISDUIntermediates:
         )
 
 
+def _config_entry(key: str, doc: str) -> Any:
+    """A read-only attribute of :class:`ISDUQSMNet` backed by its constructor config."""
+    return property(lambda self: self._config[key], doc=doc)
+
+
 class ISDUQSMNet(nn.Module):
     """ISDU-QSMNet / SpiNet-QSM: K unrolled (denoise, data-consistency) iterations.
 
@@ -345,7 +182,8 @@ class ISDUQSMNet(nn.Module):
         see :class:`~qsmflow.models.wideresnet.WideResNet`.
 
     Forward: ``model(phi, mask, kernel)`` with phi (B, 1, X, Y, Z) float ppm, mask (B, 1, X, Y, Z)
-    (bool or 0/1), kernel (B or 1, 1, X, Y, Z) real, D(0) = 1/3, FFT layout (:func:`isdu_kernel`)
+    (bool or 0/1), kernel (B or 1, 1, X, Y, Z) real, D(0) = 1/3, FFT layout
+    (:func:`~qsmflow.models.kernels.isdu_kernel`)
     returns chi (B, 1, X, Y, Z) ppm, float32 (float64 for float64 phi or ``dc_mode="reference"``),
     zero outside the mask.
     """
@@ -358,7 +196,7 @@ class ISDUQSMNet(nn.Module):
         out_std: float = OUT_STD,
         cg_max_iter: int = 30,
         cg_tol: float = 1e-5,
-        dc_mode: DCMode = "auto",
+        dc_mode: ConsistencySolver = "auto",
         weight_eps: float = 1e-8,
         learn_p: bool = False,
         *,
@@ -371,8 +209,8 @@ class ISDUQSMNet(nn.Module):
         super().__init__()
         if int(n_iterations) < 1:
             raise QSMInputError(f"n_iterations must be >= 1, got {n_iterations}")
-        if dc_mode not in _DC_MODES:
-            raise QSMInputError(f"dc_mode must be one of {_DC_MODES}, got {dc_mode!r}")
+        if dc_mode not in CONSISTENCY_SOLVERS:
+            raise QSMInputError(f"dc_mode must be one of {CONSISTENCY_SOLVERS}, got {dc_mode!r}")
         if not (float(out_std) > 0):
             raise QSMInputError(f"out_std must be positive, got {out_std}")
         if int(cg_max_iter) < 1 or not (float(cg_tol) >= 0) or not (float(weight_eps) >= 0):
@@ -380,21 +218,17 @@ class ISDUQSMNet(nn.Module):
                 f"need cg_max_iter >= 1, cg_tol >= 0, weight_eps >= 0; got {cg_max_iter}, "
                 f"{cg_tol}, {weight_eps}"
             )
-        self.n_iterations = int(n_iterations)
-        self.shared_weights = bool(shared_weights)
-        self.cg_max_iter = int(cg_max_iter)
-        self.cg_tol = float(cg_tol)
-        self.dc_mode: DCMode = dc_mode
-        self.weight_eps = float(weight_eps)
+        # the constructor arguments as plain values, kept once: ``config`` and the read-only
+        # properties below read them, checkpoints store them
         self._config: dict[str, Any] = {
-            "n_iterations": self.n_iterations,
-            "shared_weights": self.shared_weights,
+            "n_iterations": int(n_iterations),
+            "shared_weights": bool(shared_weights),
             "out_mean": float(out_mean),
             "out_std": float(out_std),
-            "cg_max_iter": self.cg_max_iter,
-            "cg_tol": self.cg_tol,
+            "cg_max_iter": int(cg_max_iter),
+            "cg_tol": float(cg_tol),
             "dc_mode": dc_mode,
-            "weight_eps": self.weight_eps,
+            "weight_eps": float(weight_eps),
             "learn_p": bool(learn_p),
             "width": int(width),
             "n_blocks": int(n_blocks),
@@ -402,7 +236,7 @@ class ISDUQSMNet(nn.Module):
             "lambda_init": float(lambda_init),
             "p_init": float(p_init),
         }
-        n_denoisers = 1 if self.shared_weights else self.n_iterations
+        n_denoisers = 1 if shared_weights else int(n_iterations)
         self.denoisers = nn.ModuleList(
             WideResNet(
                 2,
@@ -425,6 +259,13 @@ class ISDUQSMNet(nn.Module):
     def config(self) -> dict[str, Any]:
         """Constructor arguments (plain Python values) that rebuild this model."""
         return dict(self._config)
+
+    n_iterations = _config_entry("n_iterations", "K, the number of unrolled iterations.")
+    shared_weights = _config_entry("shared_weights", "One denoiser for all iterations.")
+    cg_max_iter = _config_entry("cg_max_iter", "Cap on CG updates per iteration.")
+    cg_tol = _config_entry("cg_tol", "Relative CG residual at which CG stops (default path).")
+    dc_mode = _config_entry("dc_mode", "The data-consistency solver (module docstring).")
+    weight_eps = _config_entry("weight_eps", "Majorisation-weight epsilon, ppm^2 (default path).")
 
     @classmethod
     def from_k1_denoiser(
@@ -533,8 +374,8 @@ class ISDUQSMNet(nn.Module):
         m = mask.to(rdtype)
         ker = kernel.to(rdtype)
         ker_sq = ker * ker
-        phi_hat_d = ker * torch.fft.fftn(phi, dim=_SPATIAL)
-        x0 = torch.fft.ifftn(phi_hat_d, dim=_SPATIAL)
+        phi_hat_d = ker * torch.fft.fftn(phi, dim=SPATIAL_DIMS)
+        x0 = torch.fft.ifftn(phi_hat_d, dim=SPATIAL_DIMS)
         inter = ISDUIntermediates(x0=x0)
         x = x0
         batch = phi.shape[0]
@@ -546,7 +387,7 @@ class ISDUQSMNet(nn.Module):
             lam = net.lambda_val.abs().clamp_min(LAMBDA_MIN).to(rdtype)
             p = net.p.clamp(P_MIN, 2.0).to(rdtype)
             if self._use_closed_form(net, p):
-                x = dc_closed_form(phi_hat_d, z, ker_sq, lam)
+                x = solve_consistency_closed_form(phi_hat_d, z, ker_sq, lam)
                 w_sq, iters, logs, solver = None, [0] * batch, [[] for _ in range(batch)], "cf"
             else:
                 diff = x - z
@@ -568,7 +409,7 @@ class ISDUQSMNet(nn.Module):
         self, phi: Tensor, mask: Tensor, kernel: Tensor
     ) -> tuple[Tensor, ISDUIntermediates]:
         """The authors' flow for one sample (B = 1), see the module docstring."""
-        x0 = torch.fft.ifftn(kernel * torch.fft.fftn(phi, dim=_SPATIAL), dim=_SPATIAL)
+        x0 = torch.fft.ifftn(kernel * torch.fft.fftn(phi, dim=SPATIAL_DIMS), dim=SPATIAL_DIMS)
         ker_sq = kernel * kernel
         inter = ISDUIntermediates(x0=x0)
         x = x0

@@ -43,6 +43,12 @@ from .validation import check_finite, check_mask, check_volume
 #: Default V-SHARP radii in mm (QSM.rs): 12, 11, ..., 1.
 DEFAULT_RADII_MM: tuple[float, ...] = tuple(float(r) for r in range(12, 0, -1))
 
+#: Default deconvolution cut-off on |1 - S| of :func:`vsharp`.
+DEFAULT_THRESHOLD = 0.05
+
+#: Deconvolution variants of :func:`vsharp` (the first is the default).
+DECONVOLUTIONS = ("per_radius", "largest")
+
 # Offsets exactly on the sphere's surface belong to the sphere; the same relative tolerance is
 # used when building kernels and when comparing distances, so ties are treated consistently.
 _TIE = 1.0 + 1e-9
@@ -172,8 +178,6 @@ def _prepare(
     mask = check_mask(mask, field.shape, name="mask")
     field = check_finite(field, "field", mask=mask)
     vox = check_voxel_size(voxel_size)
-    if radii.size == 0 or np.any(radii <= 0) or not np.all(np.isfinite(radii)):
-        raise QSMInputError(f"SMV radii must be positive numbers in mm, got {radii.tolist()}")
     coords = np.nonzero(mask)
     box = tuple(slice(int(c.min()), int(c.max()) + 1) for c in coords)
     # A zero margin of r_max + 1 voxels keeps every sphere off the periodic boundary.
@@ -198,15 +202,46 @@ def _truncated_inverse(s_hat: np.ndarray, threshold: float) -> np.ndarray:
     return inv.astype(s_hat.dtype, copy=False)
 
 
+def vsharp_radii(
+    radii_mm: Sequence[float] | None, voxel_size: Sequence[float]
+) -> tuple[float, ...]:
+    """Return the SMV radii (mm, largest first, no repeats) that :func:`vsharp` uses.
+
+    ``None`` means :data:`DEFAULT_RADII_MM` less the radii whose sphere is a single voxel at
+    ``voxel_size`` (mm); such radii given explicitly are an error, as are radii that are not
+    positive finite numbers.
+    """
+    radii = np.asarray(DEFAULT_RADII_MM if radii_mm is None else radii_mm, dtype=float)
+    radii = np.unique(radii.reshape(-1))[::-1]
+    if radii.size == 0 or np.any(radii <= 0) or not np.all(np.isfinite(radii)):
+        raise QSMInputError(f"SMV radii must be positive numbers in mm, got {radii.tolist()}")
+    # A sphere holding only its centre voxel is no filter (S = 1, C = 0): the default radii
+    # skip such radii on coarse grids (12..2 mm at 2 mm voxels); given explicitly, error.
+    useful = np.array([sphere_voxel_count(r, voxel_size) > 1 for r in radii])
+    if radii_mm is None:
+        radii = radii[useful]
+    elif not useful.all():
+        raise QSMInputError(
+            f"SMV radii {radii[~useful].tolist()} mm are smaller than the voxel size "
+            f"{[round(float(v), 4) for v in voxel_size]} mm: the sphere is a single voxel"
+        )
+    if radii.size == 0:
+        raise QSMInputError(
+            f"every default SMV radius is a single voxel at voxel size "
+            f"{[round(float(v), 4) for v in voxel_size]} mm; give radii in mm"
+        )
+    return tuple(float(r) for r in radii)
+
+
 def vsharp(
     field: np.ndarray,
     mask: np.ndarray,
     voxel_size: Sequence[float] = (1.0, 1.0, 1.0),
     *,
     radii_mm: Sequence[float] | None = None,
-    threshold: float = 0.05,
+    threshold: float = DEFAULT_THRESHOLD,
     pad: int | Sequence[int] | None = None,
-    deconvolution: str = "per_radius",
+    deconvolution: str = DECONVOLUTIONS[0],
     dtype: np.dtype | type = np.float32,
 ) -> tuple[np.ndarray, np.ndarray]:
     """V-SHARP background field removal (Wu et al. 2012), as in QSM.rs / QSM.jl / STI Suite.
@@ -224,7 +259,8 @@ def vsharp(
     mask : (X, Y, Z) brain mask (bool or 0/1) on the field's grid.
     voxel_size : mm per array axis.
     radii_mm : SMV radii in mm, any order; default 12, 11, ..., 1 (QSM.rs), leaving out radii
-        whose sphere is a single voxel (e.g. 1 mm at 2 mm voxels).
+        whose sphere is a single voxel (e.g. 1 mm at 2 mm voxels). :func:`vsharp_radii` gives
+        the radii actually used.
     threshold : deconvolution cut-off: 1/C is set to 0 where |C| = |1 - S| < threshold.
     pad : zero margin in voxels around the mask's bounding box (int or per axis); default and
         minimum r_max + 1 voxels, which keeps the periodic FFT from wrapping any sphere.
@@ -233,9 +269,8 @@ def vsharp(
         result of its own radius,
         F^-1[C_r^+ F(M_r (f - s_r * f))], so the attenuated high-pass values of thin rims are no
         longer deconvolved with the largest kernel's inverse; C_r^+ is truncated at
-        ``threshold * sqrt(r_max / r)``. About twice the FFTs; more accurate
-        on the head model (tests/test_bgremove.py: demeaned NRMSE 38.4 vs 43.2 % with the 1 mm
-        erosion, 26.1 vs 29.1 % with the 5 mm one; background leakage 4.1 vs 3.6 %).
+        ``threshold * sqrt(r_max / r)``. About twice the FFTs; more accurate at the brain
+        edge on the head model (tests/test_bgremove.py measures both).
     dtype : float32 (default) or float64 arithmetic and output.
 
     Returns
@@ -248,24 +283,13 @@ def vsharp(
     QSMInputError : on a mask of another grid, an empty mask, a mask with no voxel left after
         erosion by the smallest radius, NaN/inf inside the mask, or bad radii/threshold.
     """
-    radii = np.asarray(DEFAULT_RADII_MM if radii_mm is None else radii_mm, dtype=float)
-    radii = np.unique(radii.reshape(-1))[::-1]
-    if np.all(np.isfinite(radii)) and np.all(radii > 0):
-        # A sphere holding only its centre voxel is no filter (S = 1, C = 0): the default radii
-        # skip such radii on coarse grids (12..2 mm at 2 mm voxels); given explicitly, error.
-        useful = np.array([sphere_voxel_count(r, voxel_size) > 1 for r in radii])
-        if radii_mm is None:
-            radii = radii[useful]
-        elif not useful.all():
-            raise QSMInputError(
-                f"SMV radii {radii[~useful].tolist()} mm are smaller than the voxel size "
-                f"{[round(float(v), 4) for v in voxel_size]} mm: the sphere is a single voxel"
-            )
+    radii = np.asarray(vsharp_radii(radii_mm, voxel_size))
     if not (0 < threshold < 1):
         raise QSMInputError(f"SMV deconvolution threshold must lie in (0, 1), got {threshold!r}")
-    if deconvolution not in ("largest", "per_radius"):
+    if deconvolution not in DECONVOLUTIONS:
         raise QSMInputError(
-            f"unknown V-SHARP deconvolution {deconvolution!r} (use 'largest' or 'per_radius')"
+            f"unknown V-SHARP deconvolution {deconvolution!r} (use "
+            f"{' or '.join(repr(d) for d in DECONVOLUTIONS)})"
         )
     shape_in = np.shape(field)
     f_pad, dist, vox, box, inner = _prepare(field, mask, voxel_size, radii, pad, dtype)

@@ -41,6 +41,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -56,11 +58,78 @@ from .inversion import (
 from .kernel import check_voxel_size, dipole_kernel, normalise_b0_dir
 from .validation import check_finite, check_mask, check_volume
 
-__all__ = ["cosmos", "COSMOS_METHODS"]
+__all__ = [
+    "COSMOS_METHODS",
+    "COSMOS_REGULARISERS",
+    "CosmosResult",
+    "check_distinct_b0_dirs",
+    "common_mask",
+    "cosmos",
+    "default_lambda",
+    "solve_cosmos",
+]
 
 log = logging.getLogger(__name__)
 
+#: COSMOS solvers (the first is the default); the choices of every COSMOS method option.
 COSMOS_METHODS = ("lsq", "closed")
+
+#: PCG iterations of the ``lsq`` solver (enough for the default lambda to converge).
+COSMOS_ITERATIONS = 30
+#: Regularisers R of the ``lsq`` solver (the first is the default).
+COSMOS_REGULARISERS = ("identity", "gradient")
+#: B0 directions that all agree within this angle (degrees) cannot support COSMOS.
+MIN_B0_SPREAD_DEG = 1.0
+
+
+@dataclass(frozen=True)
+class CosmosResult:
+    """What :func:`solve_cosmos` computed and the settings it actually used."""
+
+    chi: np.ndarray  #: (X, Y, Z) susceptibility, ppm, 0 outside the mask
+    lam: float  #: regularisation weight used (the method's default when none was given)
+    iterations: int  #: PCG iterations run (``lsq``; 0 for the closed form)
+    b0_dirs: np.ndarray  #: (N, 3) unit B0 directions used
+
+
+def default_lambda(method: str) -> float:
+    """The regularisation weight a COSMOS method uses when none is given: 1e-3 for ``lsq``
+    (damps the ill-conditioned cone band), 0 for ``closed`` (Liu's plain COSMOS)."""
+    return 1e-3 if method == "lsq" else 0.0
+
+
+def common_mask(
+    masks: Sequence[np.ndarray], shape: tuple[int, ...], sources: Sequence[str | None] = ()
+) -> np.ndarray:
+    """The COSMOS mask: the voxels inside every given mask (one common mask or one per field).
+
+    Each mask is checked (:func:`~qsmflow.physics.validation.check_mask`: grid ``shape``,
+    finite, not empty; > 0.5 = in) and so is the intersection; errors name ``sources[i]`` (the
+    first source for an empty intersection).
+    """
+    if len(masks) == 0:
+        raise QSMInputError("COSMOS needs a mask")
+    names = list(sources) + [None] * (len(masks) - len(sources))
+    checked = [check_mask(m, shape, src) for m, src in zip(masks, names, strict=False)]
+    common = np.logical_and.reduce(checked)
+    if not common.any():
+        raise QSMInputError("the common COSMOS mask is empty (the masks do not overlap)", names[0])
+    return common
+
+
+def check_distinct_b0_dirs(
+    b0_dirs: np.ndarray, hint: str = "give the acquisition directions explicitly"
+) -> None:
+    """Raise unless the B0 directions spread over more than :data:`MIN_B0_SPREAD_DEG` degrees
+    (directions all taken from one shared affine are identical and cannot support COSMOS);
+    ``hint`` ends the message (what the caller can do)."""
+    dirs = np.asarray(b0_dirs, dtype=np.float64)
+    cos = np.abs(dirs @ dirs.T)
+    if np.min(cos) > np.cos(np.deg2rad(MIN_B0_SPREAD_DEG)):
+        raise QSMInputError(
+            f"the B0 directions all agree within {MIN_B0_SPREAD_DEG:g} degree (fields resampled "
+            f"into one frame share its affine); {hint}"
+        )
 
 
 def _stack_fields(fields_ppm, mask: np.ndarray | None) -> tuple[list[np.ndarray], np.ndarray]:
@@ -116,7 +185,7 @@ def _hdot(a: np.ndarray, b: np.ndarray, nyq: int | None) -> float:
     return 2.0 * full - once
 
 
-def cosmos(
+def solve_cosmos(
     fields_ppm: Sequence[np.ndarray] | np.ndarray,
     b0_dirs: Sequence[Sequence[float]] | np.ndarray,
     voxel_size: Sequence[float],
@@ -126,12 +195,12 @@ def cosmos(
     lam: float | None = None,
     regulariser: str = "identity",
     weights: Sequence[np.ndarray] | np.ndarray | None = None,
-    iterations: int = 30,
+    iterations: int = COSMOS_ITERATIONS,
     tol: float = 1e-3,
     eps: float = 1e-4,
     pad: int | Sequence[int] = DEFAULT_PAD,
     dtype=np.float32,
-) -> np.ndarray:
+) -> CosmosResult:
     """Multi-orientation susceptibility (COSMOS) from N local fields in one frame.
 
     Parameters
@@ -160,14 +229,15 @@ def cosmos(
 
     Returns
     -------
-    (X, Y, Z) susceptibility in ppm, 0 outside ``mask``.
+    :class:`CosmosResult`: the (X, Y, Z) susceptibility in ppm (0 outside ``mask``), the lambda
+    and number of PCG iterations used, and the normalised B0 directions.
     """
     if method not in COSMOS_METHODS:
         raise QSMInputError(f"COSMOS method must be one of {COSMOS_METHODS}, got {method!r}")
-    if regulariser not in ("identity", "gradient"):
+    if regulariser not in COSMOS_REGULARISERS:
         raise QSMInputError(f"regulariser must be 'identity' or 'gradient', got {regulariser!r}")
     if lam is None:
-        lam = 1e-3 if method == "lsq" else 0.0
+        lam = default_lambda(method)
     if not (np.isfinite(lam) and lam >= 0):
         raise QSMInputError(f"regularisation weight lambda must be >= 0, got {lam!r}")
     if method == "lsq" and lam == 0 and mask is not None:
@@ -206,7 +276,7 @@ def cosmos(
         inv = np.divide(1, denom, out=np.zeros_like(denom), where=ok)
         num *= inv
         chi = irfftn_owned(num, pshape)
-        return np.where(m, chi[crop], 0).astype(dt, copy=False)
+        return CosmosResult(np.where(m, chi[crop], 0).astype(dt, copy=False), float(lam), 0, dirs)
 
     # ---- masked least squares by PCG on the half spectrum ----
     _, crop = _fft.pad_to(np.zeros(shape, dtype=bool), pshape)
@@ -261,7 +331,22 @@ def cosmos(
             rz = rz_new
     log.info("COSMOS lsq: %d PCG iteration(s), N = %d orientations", n_iter, n)
     chi = irfftn_owned(x, pshape)
-    return np.where(m, chi[crop], 0).astype(dt, copy=False)
+    return CosmosResult(np.where(m, chi[crop], 0).astype(dt, copy=False), float(lam), n_iter, dirs)
+
+
+def cosmos(
+    fields_ppm: Sequence[np.ndarray] | np.ndarray,
+    b0_dirs: Sequence[Sequence[float]] | np.ndarray,
+    voxel_size: Sequence[float],
+    mask: np.ndarray | None = None,
+    **options: Any,
+) -> np.ndarray:
+    """COSMOS susceptibility (ppm, 0 outside ``mask``): :func:`solve_cosmos`'s map alone.
+
+    ``options`` are :func:`solve_cosmos`'s keywords (``method``, ``lam``, ``regulariser``,
+    ``weights``, ``iterations``, ``tol``, ``eps``, ``pad``, ``dtype``).
+    """
+    return solve_cosmos(fields_ppm, b0_dirs, voxel_size, mask, **options).chi
 
 
 def _data_weights(weights, mask: np.ndarray, n: int, dt: np.dtype) -> list[np.ndarray] | None:

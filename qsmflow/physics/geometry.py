@@ -71,3 +71,21 @@ def rotation_angle_deg(r: np.ndarray) -> float:
     """Angle (degrees) of the rotation matrix ``r``."""
     c = (np.trace(np.asarray(r, dtype=np.float64)) - 1) / 2
     return float(np.rad2deg(np.arccos(np.clip(c, -1.0, 1.0))))
+
+
+def rotation_axis(r: np.ndarray) -> np.ndarray:
+    """Unit axis of the rotation matrix ``r`` (right-handed with a positive angle).
+
+    ``(0, 0, 1)`` for the identity (any axis will do); for 180 degrees the axis comes from the
+    symmetric part ``(r + I) / 2``.
+    """
+    r = np.asarray(r, dtype=np.float64)
+    v = np.array([r[2, 1] - r[1, 2], r[0, 2] - r[2, 0], r[1, 0] - r[0, 1]])
+    n = np.linalg.norm(v)
+    if n > 1e-8:
+        return v / n
+    if np.trace(r) > 0:
+        return np.array([0.0, 0.0, 1.0])
+    b = (r + np.eye(3)) / 2.0
+    ax = b[:, int(np.argmax(np.diag(b)))]
+    return ax / np.linalg.norm(ax)

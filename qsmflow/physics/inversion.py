@@ -28,7 +28,9 @@ Methods (algorithms.md section 2.5-2.8):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import scipy.fft as sfft
@@ -44,8 +46,11 @@ __all__ = [
     "gradient_symbol",
     "invert",
     "irfftn_owned",
+    "method_options",
+    "methods_taking",
     "ndi",
     "padded_shape",
+    "resolve_options",
     "star_qsm",
     "tkd",
     "tkd_kernel",
@@ -81,8 +86,9 @@ def padded_shape(shape: Sequence[int], pad: int | Sequence[int] = DEFAULT_PAD) -
     return _fft.fast_shape(shape, pads)
 
 
-class _Problem:
-    """Validated, masked and zero-padded inputs shared by the inversions."""
+class _PaddedField:
+    """The padded, masked inversion set-up shared by every method: the validated field, set
+    to 0 outside the mask and centred in a zero-padded FFT grid, with its kernel and crop."""
 
     def __init__(
         self,
@@ -204,7 +210,7 @@ def tkd(
     -------
     (X, Y, Z) susceptibility in ppm.
     """
-    p = _Problem(field_ppm, mask, voxel_size, b0_dir, pad, dtype)
+    p = _PaddedField(field_ppm, mask, voxel_size, b0_dir, pad, dtype)
     return p.apply(tkd_kernel(p.kernel(), threshold))
 
 
@@ -224,7 +230,7 @@ def tsvd(
     Arguments and units as :func:`tkd`; returns (X, Y, Z) susceptibility in ppm.
     """
     _check_threshold(threshold)
-    p = _Problem(field_ppm, mask, voxel_size, b0_dir, pad, dtype)
+    p = _PaddedField(field_ppm, mask, voxel_size, b0_dir, pad, dtype)
     d = p.kernel()
     k = np.zeros_like(d)
     big = np.abs(d) > d.dtype.type(threshold)
@@ -271,7 +277,7 @@ def cfl2(
     """
     if not (np.isfinite(lam) and lam > 0):
         raise QSMInputError(f"regularisation weight lambda must be > 0, got {lam!r}")
-    p = _Problem(field_ppm, mask, voxel_size, b0_dir, pad, dtype)
+    p = _PaddedField(field_ppm, mask, voxel_size, b0_dir, pad, dtype)
     d = p.kernel()
     if regulariser == "identity":
         reg = p.dtype.type(lam)
@@ -365,7 +371,7 @@ def ndi(
         raise QSMInputError(f"NDI alpha must be >= 0, got {alpha!r}")
     if not (np.isfinite(field_scale) and field_scale > 0):
         raise QSMInputError(f"NDI field_scale (rad per ppm) must be > 0, got {field_scale!r}")
-    p = _Problem(field_ppm, mask, voxel_size, b0_dir, pad, dtype)
+    p = _PaddedField(field_ppm, mask, voxel_size, b0_dir, pad, dtype)
     ft = p.dtype.type
     w2, _ = _fft.pad_to(_ndi_weights(weights, p.mask, p.dtype) ** 2, p.pshape)
     s = ft(field_scale)
@@ -532,7 +538,7 @@ def star_qsm(
     its = tuple(int(i) for i in np.broadcast_to(np.asarray(iterations), (2,)))
     if min(its) < 1:
         raise QSMInputError(f"STAR-QSM iterations must be >= 1, got {iterations!r}")
-    p = _Problem(field_ppm, mask, voxel_size, b0_dir, pad, dtype)
+    p = _PaddedField(field_ppm, mask, voxel_size, b0_dir, pad, dtype)
     d = p.kernel()
     dt = d.copy()
     small = np.abs(dt) <= dt.dtype.type(kernel_threshold)
@@ -549,6 +555,55 @@ def star_qsm(
     return p.finish(chi1 + chi2)
 
 
+_FUNCTIONS = {"tkd": tkd, "tsvd": tsvd, "cfl2": cfl2, "ndi": ndi, "star": star_qsm}
+
+#: Arguments of the inversion functions that are not method options (set by the caller).
+_NOT_OPTIONS = ("dtype",)
+
+
+def _function(method: str):
+    if method not in _FUNCTIONS:
+        raise QSMInputError(f"unknown inversion method {method!r}; choose from {METHODS}")
+    return _FUNCTIONS[method]
+
+
+def method_options(method: str) -> dict[str, Any]:
+    """Return the keyword options of ``method`` with their defaults.
+
+    Read from the signature of the method's function, so the defaults live once (there);
+    ``dtype`` is left out (it is the caller's precision, not an option of the method).
+    """
+    params = inspect.signature(_function(method)).parameters.values()
+    return {
+        p.name: p.default
+        for p in params
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in _NOT_OPTIONS
+    }
+
+
+def methods_taking(option: str) -> tuple[str, ...]:
+    """Return the methods (of :data:`METHODS`) that take the keyword option ``option``."""
+    return tuple(m for m in METHODS if option in method_options(m))
+
+
+def resolve_options(method: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Return ``options`` with the defaults of ``method`` filled in: the values it will use.
+
+    An option the method does not take is an error naming the methods that take it.
+    """
+    known = method_options(method)
+    given = dict(options or {})
+    for option in given:
+        if option not in known:
+            takers = methods_taking(option)
+            where = f"it applies to {', '.join(takers)}" if takers else "unknown option"
+            raise QSMInputError(
+                f"option {option} does not apply to {method} ({where}; {method} takes "
+                f"{', '.join(known)})"
+            )
+    return {**known, **given}
+
+
 def invert(
     method: str,
     field_ppm: np.ndarray,
@@ -559,7 +614,4 @@ def invert(
 ) -> np.ndarray:
     """Dispatch to :func:`tkd`, :func:`tsvd`, :func:`cfl2`, :func:`ndi` or :func:`star_qsm` by
     name (``"tkd"``, ``"tsvd"``, ``"cfl2"``, ``"ndi"``, ``"star"``)."""
-    funcs = {"tkd": tkd, "tsvd": tsvd, "cfl2": cfl2, "ndi": ndi, "star": star_qsm}
-    if method not in funcs:
-        raise QSMInputError(f"unknown inversion method {method!r}; choose from {METHODS}")
-    return funcs[method](field_ppm, mask, voxel_size, b0_dir, **options)
+    return _function(method)(field_ppm, mask, voxel_size, b0_dir, **options)

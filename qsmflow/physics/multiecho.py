@@ -19,8 +19,25 @@ from scipy import ndimage
 from ..errors import QSMInputError
 from .kernel import check_voxel_size
 from .units import _check_te
-from .unwrap import laplacian_unwrap, lsq_unwrap, snap_to_wrapped, wrap_to_pi
+from .unwrap import lsq_unwrap, snap_to_wrapped, unwrap_echoes, wrap_to_pi
 from .validation import check_finite, check_mask
+
+#: Unwrapping methods of :func:`multiecho_field`; "auto" is resolved by
+#: :func:`resolve_unwrapping`.
+UNWRAPPING_METHODS = ("auto", "laplacian", "lsq", "temporal")
+
+
+def resolve_unwrapping(method: str, n_echoes: int) -> str:
+    """Return the unwrapping method :func:`multiecho_field` runs for ``n_echoes`` echoes.
+
+    ``"auto"`` is ``"temporal"`` with two or more echoes (far more accurate on noisy data with a
+    receiver phase offset) and ``"laplacian"`` for one; other names are checked and returned.
+    """
+    if method not in UNWRAPPING_METHODS:
+        raise QSMInputError(f"unknown method {method!r} (use {', '.join(UNWRAPPING_METHODS)})")
+    if method == "auto":
+        return "temporal" if n_echoes > 1 else "laplacian"
+    return method
 
 
 def check_echo_times(te_s: Sequence[float], n_echoes: int | None = None) -> np.ndarray:
@@ -288,7 +305,8 @@ def multiecho_field(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Field map (Hz) from WRAPPED multi-echo phase: unwrap, make echoes consistent, fit.
 
-    ``method``:
+    ``method`` (see :data:`UNWRAPPING_METHODS`):
+      * ``"auto"``: :func:`resolve_unwrapping`, temporal for several echoes, else laplacian.
       * ``"laplacian"``: :func:`~qsmflow.physics.unwrap.laplacian_unwrap` per echo, echoes
         aligned to echo 1 by multiples of 2 pi, weighted fit with intercept (QSM-CI style; the
         harmonic errors of the Laplacian method go to background field removal).
@@ -304,6 +322,7 @@ def multiecho_field(
     phase, magnitude, te, mask = _check_multiecho(phase_rad, magnitude, te_s, mask)
     vox = check_voxel_size(voxel_size)
     n_echoes = te.size
+    method = resolve_unwrapping(method, n_echoes)
     if method == "temporal":
         if n_echoes < 2:
             raise QSMInputError("method 'temporal' needs at least 2 echoes")
@@ -316,15 +335,7 @@ def multiecho_field(
         if mask is not None:
             total_offset[~mask] = 0
         return field, total_offset
-    if method == "laplacian":
-        unwrap_one = laplacian_unwrap
-    elif method == "lsq":
-        unwrap_one = lsq_unwrap
-    else:
-        raise QSMInputError(f"unknown method {method!r} (use laplacian, lsq or temporal)")
-    unwrapped = np.stack(
-        [unwrap_one(phase[..., n], vox, mask=mask) for n in range(n_echoes)], axis=3
-    )
+    unwrapped = unwrap_echoes(phase, vox, mask=mask, method=method)
     if n_echoes == 1:
         return fit_multiecho(unwrapped, magnitude, te, mask, intercept=False, dtype=dtype)
     offset = estimate_phase_offset(phase, te, magnitude, mask, voxel_size=vox)

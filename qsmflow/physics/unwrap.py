@@ -347,3 +347,30 @@ def snap_to_wrapped(wrapped_rad: np.ndarray, estimate_rad: np.ndarray) -> np.nda
     est = np.asarray(estimate_rad)
     k = np.round((est - wrapped) / (2 * np.pi))
     return (wrapped + (2 * np.pi) * k).astype(np.result_type(wrapped, np.float32), copy=False)
+
+
+#: Spatial unwrapping methods of :func:`unwrap_echoes` (the first is the default).
+SPATIAL_METHODS = ("laplacian", "lsq")
+
+
+def unwrap_echoes(
+    phase_rad: np.ndarray,
+    voxel_size: Sequence[float] = (1.0, 1.0, 1.0),
+    *,
+    mask: np.ndarray | None = None,
+    method: str = SPATIAL_METHODS[0],
+) -> np.ndarray:
+    """Return the spatially unwrapped phase (rad) of a 3-D image, or of each echo of a 4-D one
+    (echoes last), each echo on its own with :func:`laplacian_unwrap` or :func:`lsq_unwrap`
+    (``method`` from :data:`SPATIAL_METHODS`; voxel size in mm; 0 outside ``mask``)."""
+    if method not in SPATIAL_METHODS:
+        raise QSMInputError(
+            f"unknown spatial unwrapping method {method!r} (use {', '.join(SPATIAL_METHODS)})"
+        )
+    unwrap_one = laplacian_unwrap if method == "laplacian" else lsq_unwrap
+    phase = np.asarray(phase_rad)
+    if phase.ndim == 3:
+        return unwrap_one(phase, voxel_size, mask=mask)
+    return np.stack(
+        [unwrap_one(phase[..., n], voxel_size, mask=mask) for n in range(phase.shape[3])], axis=3
+    )

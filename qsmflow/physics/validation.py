@@ -34,10 +34,11 @@ def check_finite(
     *,
     fix: bool = False,
 ) -> np.ndarray:
-    """Non-finite voxels inside ``mask`` (everywhere when no mask) are an error.
+    """Return ``x`` with its non-finite voxels outside ``mask`` set to 0; raise on any inside.
 
-    Non-finite voxels outside the mask are always set to 0 (they carry no information). With
-    ``fix=True`` non-finite voxels inside the mask are also set to 0 instead of raising.
+    Non-finite voxels inside ``mask`` (everywhere when no mask) are an error naming ``source``;
+    outside the mask they carry no information and are zeroed. With ``fix=True`` non-finite
+    voxels inside the mask are also set to 0 instead of raising.
     """
     bad = ~np.isfinite(x)
     if not bad.any():
@@ -58,7 +59,8 @@ def check_finite(
 def check_mask(
     mask: np.ndarray, shape: tuple[int, ...], source: str | None = None, name: str = "mask"
 ) -> np.ndarray:
-    """Return ``mask`` as bool after checking its grid and that it is not empty."""
+    """Return ``mask`` as bool (values > 0.5) after checking its grid, that it is finite and
+    that it is not empty; errors name ``source``. The one mask check of the package."""
     mask = np.asarray(mask)
     if mask.shape != tuple(shape):
         raise QSMInputError(

@@ -55,6 +55,20 @@ def fsl_voxel_to_scaled(shape: Sequence[int], affine: np.ndarray) -> np.ndarray:
     return s
 
 
+def _frames(
+    source_shape: Sequence[int],
+    source_affine: np.ndarray,
+    reference_shape: Sequence[int],
+    reference_affine: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(A_src, S_src, A_ref, S_ref)``: checked affines and their FSL voxel -> scaled-mm maps."""
+    a_src = check_affine(source_affine, "source_affine")
+    a_ref = check_affine(reference_affine, "reference_affine")
+    s_src = fsl_voxel_to_scaled(source_shape, a_src)
+    s_ref = fsl_voxel_to_scaled(reference_shape, a_ref)
+    return a_src, s_src, a_ref, s_ref
+
+
 def flirt_to_world(
     flirt_mat: np.ndarray,
     source_shape: Sequence[int],
@@ -67,10 +81,9 @@ def flirt_to_world(
     ``W = A_ref S_ref^-1 M S_src A_src^-1`` (all 4x4; mm).
     """
     m = check_affine(flirt_mat, "flirt_mat")
-    a_src = check_affine(source_affine, "source_affine")
-    a_ref = check_affine(reference_affine, "reference_affine")
-    s_src = fsl_voxel_to_scaled(source_shape, a_src)
-    s_ref = fsl_voxel_to_scaled(reference_shape, a_ref)
+    a_src, s_src, a_ref, s_ref = _frames(
+        source_shape, source_affine, reference_shape, reference_affine
+    )
     return a_ref @ np.linalg.inv(s_ref) @ m @ s_src @ np.linalg.inv(a_src)
 
 
@@ -86,10 +99,9 @@ def world_to_flirt(
     ``M = S_ref A_ref^-1 W A_src S_src^-1``.
     """
     w = check_affine(world, "world")
-    a_src = check_affine(source_affine, "source_affine")
-    a_ref = check_affine(reference_affine, "reference_affine")
-    s_src = fsl_voxel_to_scaled(source_shape, a_src)
-    s_ref = fsl_voxel_to_scaled(reference_shape, a_ref)
+    a_src, s_src, a_ref, s_ref = _frames(
+        source_shape, source_affine, reference_shape, reference_affine
+    )
     return s_ref @ np.linalg.inv(a_ref) @ w @ a_src @ np.linalg.inv(s_src)
 
 

@@ -10,7 +10,7 @@ Conventions
   becomes a SimpleITK image (index order i, j, k) with spacing ``|M[:, c]|`` (column norms, mm),
   direction ``F @ M / spacing`` and origin ``F @ o``.
 * A world transform is a 4x4 matrix ``T`` acting on homogeneous RAS mm points.  The result of
-  :func:`register_rigid` stores ``T = reference_to_moving``: for a point ``p`` in the reference
+  :func:`register_arrays` stores ``T = reference_to_moving``: for a point ``p`` in the reference
   image's world, ``T @ p`` is the corresponding anatomical point in the moving image's world (ITK's
   fixed-to-moving convention; it is exactly the map needed to pull the moving image onto the
   reference grid).  Its inverse ``moving_to_reference`` is the direction of an FSL FLIRT matrix
@@ -28,7 +28,12 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import QSMInputError
-from ..physics.geometry import check_affine, rotation_angle_deg, rotation_from_affine
+from ..physics.geometry import (
+    check_affine,
+    rotation_angle_deg,
+    rotation_axis,
+    rotation_from_affine,
+)
 
 LPS = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS <-> LPS (its own inverse), homogeneous
 
@@ -85,7 +90,7 @@ def _sitk():
 
 @dataclass
 class RigidResult:
-    """Outcome of :func:`register_rigid`.
+    """Outcome of a rigid registration: :func:`register_arrays`, or files (module `files`).
 
     Attributes
     ----------
@@ -99,6 +104,11 @@ class RigidResult:
         Optimiser iterations at the last (finest) level.
     seconds : float
         Wall time of the registration (s).
+    moving_shape, backend, fsl_matrix, attempts :
+        Filled in by the file-level driver :func:`qsmflow.registration.files.register_files`:
+        the moving grid, the backend that ran (``"python"`` or ``"fsl"``), the same
+        registration as a FLIRT matrix (moving ``-in`` -> reference ``-ref``) and the attempts
+        the python backend needed (FSL: 1, ``iterations`` 0 and ``metric`` NaN: not reported).
     """
 
     transform: np.ndarray
@@ -109,6 +119,10 @@ class RigidResult:
     iterations: int = 0
     seconds: float = 0.0
     stop_condition: str = field(default="", repr=False)
+    moving_shape: tuple[int, int, int] | None = None
+    backend: str = "python"
+    fsl_matrix: np.ndarray | None = field(default=None, repr=False)
+    attempts: int = 1
 
     @property
     def rotation(self) -> np.ndarray:
@@ -127,8 +141,13 @@ class RigidResult:
 
     @property
     def angle_deg(self) -> float:
-        """Total rotation angle in degrees."""
+        """Total rotation angle in degrees (the same in both directions)."""
         return rotation_angle_deg(self.rotation)
+
+    @property
+    def axis(self) -> np.ndarray:
+        """Unit rotation axis (RAS) of the reference -> moving rotation ((0, 0, 1) if none)."""
+        return rotation_axis(self.rotation)
 
     def resample(self, moving_array: np.ndarray, order: int = 1, cval: float = 0.0) -> np.ndarray:
         """Resample ``moving_array`` (on the moving grid) onto the reference grid."""
@@ -259,7 +278,7 @@ def _euler_to_world(tx) -> np.ndarray:
     return LPS @ m @ LPS
 
 
-def register_rigid(
+def register_arrays(
     moving: np.ndarray,
     moving_affine: np.ndarray,
     reference: np.ndarray,

@@ -52,7 +52,8 @@ import numpy as np
 
 from .. import __version__
 from ..errors import QSMInputError
-from ..io.nifti import save_volume, write_json
+from ..io.atomic import write_text_atomic
+from ..io.nifti import save_volume, sidecar_path, write_json
 from ..physics.geometry import rotation_angle_deg
 from ..physics.units import GAMMA_BAR_HZ_PER_T
 from .gre import GREData
@@ -179,7 +180,7 @@ class BIDSWriter:
             },
         )
         readme = self.root / "README"
-        _write_text(
+        write_text_atomic(
             readme,
             f"{name}\n\nSimulated with qsmflow {__version__} (`qsmflow simulate`). Multi-echo "
             "GRE magnitude and phase (rad) per echo; head orientations as acq-<label> entities. "
@@ -196,7 +197,7 @@ class BIDSWriter:
                 "GeneratedBy": [{**gen, "Name": DERIVATIVE_NAME}],
             },
         )
-        _write_text(
+        write_text_atomic(
             self.deriv / "README",
             f"{name}: ground truth of the simulation (qsmflow {__version__}). Susceptibility "
             "(Chimap) and true local/total fields in ppm, tissue labels (dseg.tsv), brain and "
@@ -204,10 +205,10 @@ class BIDSWriter:
             "simulation.json lists the parameters and every file written.\n",
         )
         self.files.append(self.deriv / "README")
-        _write_text(self.deriv / ".bidsignore", "simulation.json\n*_fieldmap.*\n")
+        write_text_atomic(self.deriv / ".bidsignore", "simulation.json\n*_fieldmap.*\n")
         self.files.append(self.deriv / ".bidsignore")
         rows = ["index\tname"] + [f"{k}\t{v}" for k, v in sorted(LABEL_NAMES.items())]
-        _write_text(self.deriv / "dseg.tsv", "\n".join(rows) + "\n")
+        write_text_atomic(self.deriv / "dseg.tsv", "\n".join(rows) + "\n")
         self.files.append(self.deriv / "dseg.tsv")
 
     # -- helpers -------------------------------------------------------------------------
@@ -220,7 +221,7 @@ class BIDSWriter:
         p = save_volume(path, data, affine, dtype=dtype, sidecar=sidecar)
         self.files.append(p)
         if sidecar is not None:
-            self.files.append(p.with_name(p.name[: -len(".nii.gz")] + ".json"))
+            self.files.append(sidecar_path(p))
         return p
 
     # -- runs ----------------------------------------------------------------------------
@@ -289,7 +290,7 @@ class BIDSWriter:
             "EchoTime": list(data.te_s),
             "NoiseSigma": data.noise_sigma,
             "SNR": data.snr,
-            "DipoleKernelDC": data.dc_value,
+            "DipoleKernelK0": data.dc_value,
             "Supersampling": data.supersample,
             "Phantom": data.description,
             "RawFiles": [
@@ -392,7 +393,7 @@ class BIDSWriter:
         lines = ["\t".join(["participant_id", *cols])]
         for sub, info in sorted(self.subjects.items()):
             lines.append("\t".join([f"sub-{sub}", *[str(info.get(c, "n/a")) for c in cols]]))
-        _write_text(self.root / "participants.tsv", "\n".join(lines) + "\n")
+        write_text_atomic(self.root / "participants.tsv", "\n".join(lines) + "\n")
         self.files.append(self.root / "participants.tsv")
         pj = {"participant_id": {"Description": "simulated subject"}}
         pj.update({c: {"Description": c.replace("_", " ")} for c in cols})
@@ -418,12 +419,6 @@ class BIDSWriter:
             "runs": sum(len(v["runs"]) for v in self.subjects.values()),
             "files": len(rel),
         }
-
-
-def _write_text(path: Path, text: str) -> Path:
-    from ..io.atomic import write_text_atomic
-
-    return write_text_atomic(path, text)
 
 
 def write_bids_dataset(

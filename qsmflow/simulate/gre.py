@@ -40,7 +40,7 @@ brain that no background-field removal can remove. On the built-in phantom at 2 
 tilted 25 degrees, V-SHARP applied to the background field alone leaves 0.0155 ppm rms with
 ``supersample=1`` and 0.00017 ppm with 2 (0.0008 / 0.00015 with B0 along z). Sources
 (:class:`~qsmflow.simulate.phantom.BuiltinPhantom`,
-:class:`~qsmflow.simulate.phantom.HeadModelSource`) realise the finer grid from their
+:class:`~qsmflow.simulate.head_source.HeadModelSource`) realise the finer grid from their
 definition; a plain :class:`HeadModel` array is upsampled by repetition (each voxel a uniform
 box), so ``chi`` is returned unchanged and only the fields and signal change. Even factors
 measured best (``s=3`` leaves 0.0005 ppm there; the 2-sub-voxel mean has a zero at the fine
@@ -77,17 +77,13 @@ import scipy.fft as sfft
 from ..errors import QSMInputError
 from ..physics import _fft, units
 from ..physics.kernel import dipole_kernel, normalise_b0_dir
+from .head import SimulatedHead, exterior_mask, rotate_model, smooth_random_field, tissue_parameters
 from .head_model import HeadModel
-from .phantom import (
-    SimulatedHead,
-    _blocks,
+from .sampling import (
     block_average,
     check_supersample,
     downsample_head,
-    exterior_mask,
-    rotate_model,
-    smooth_random_field,
-    tissue_parameters,
+    sub_voxel_blocks,
     upsample_head,
 )
 
@@ -228,7 +224,7 @@ def tissue_maps(
     texture: np.ndarray | None = None,
     texture_level: float = 0.05,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """M0 and R2* (1/s) maps from a label map (see :data:`phantom.TISSUE_PARAMETERS`).
+    """M0 and R2* (1/s) maps from a label map (see :data:`head.TISSUE_PARAMETERS`).
 
     ``texture`` (unit-variance smooth field) modulates M0 by ``1 + 0.5 level t`` and R2* by
     ``1 + 2 level t`` (2.5 % and 10 % std at the default 5 %).
@@ -249,11 +245,11 @@ def tissue_maps(
 def smooth_phase_offset(shape, voxel_size, seed=0, amplitude_rad: float = 1.0) -> np.ndarray:
     """A smooth receiver phase offset (rad): a random constant in (-pi, pi] plus a slowly
     varying field (correlation length 60 mm, std ``amplitude_rad``)."""
-    from .phantom import _grid_coords
+    from .head import grid_coords
 
     rng = np.random.default_rng(np.random.SeedSequence([int(np.sum(np.atleast_1d(seed))), 0x0FF]))
     const = rng.uniform(-np.pi, np.pi)
-    p = _grid_coords(tuple(shape), np.asarray(voxel_size, float), np.eye(3))
+    p = grid_coords(tuple(shape), np.asarray(voxel_size, float), np.eye(3))
     f = smooth_random_field(p, seed=rng.integers(0, 2**31), correlation_mm=60.0, n_waves=12)
     return (const + amplitude_rad * f).astype(np.float32)
 
@@ -379,7 +375,7 @@ def _fields(chi, brain, voxel_size, b0_dir, s, pad_factor, dc_value):
 
 def _sub_voxels(a: np.ndarray, s: int, sel: np.ndarray) -> np.ndarray:
     """(N, s^3): the sub-voxels of the N coarse voxels selected by ``sel``."""
-    return _blocks(a, s)[sel].reshape(-1, s**3)
+    return sub_voxel_blocks(a, s)[sel].reshape(-1, s**3)
 
 
 def simulate_gre(
@@ -404,7 +400,7 @@ def simulate_gre(
     ----------
     model : a :class:`HeadModel` (e.g. from ``load_head_model`` or ``make_phantom``) or a
         phantom source with ``realise(rotation, supersample=s)`` (:class:`phantom.BuiltinPhantom`,
-        :class:`phantom.HeadModelSource`), which builds rotated heads without interpolation, on
+        :class:`head_source.HeadModelSource`), which builds rotated heads without interpolation, on
         any grid. Air connected to the array border is treated as outside the head (chi 0).
     te_s : echo times in seconds (e.g. 0.005 for 5 ms; milliseconds are refused).
     b0_tesla : field strength in tesla.

@@ -1,6 +1,7 @@
 """Head-orientation geometry for multi-orientation (COSMOS) simulations.
 
-* :func:`read_b0_dir_txt` / :func:`load_lpcnn_orientations` read the measured B0 directions
+* :func:`read_b0_dirs` reads B0 direction files (3 numbers per direction);
+  :func:`read_b0_dir_txt` / :func:`load_lpcnn_orientations` read the measured B0 directions
   shipped with the LPCNN 7T data (``SubXXX/oriN/SubXXX_oriN.txt``: three numbers, the unit B0
   vector in the subject's reference image axes, e.g. Sub001 ori1 = (-0.141, 0.106, 0.984)).
 * :func:`spread_b0_dirs` gives a well-spread synthetic set: neutral, then +-angle about two
@@ -21,16 +22,25 @@ import numpy as np
 
 from ..errors import QSMInputError
 from ..physics.geometry import rotation_matrix
+from ..physics.kernel import normalise_b0_dir
 
-__all__ = ["read_b0_dir_txt", "load_lpcnn_orientations", "spread_b0_dirs", "tilt_deg"]
+__all__ = [
+    "read_b0_dirs",
+    "read_b0_dir_txt",
+    "load_lpcnn_orientations",
+    "spread_b0_dirs",
+    "tilt_deg",
+]
 
 
-def read_b0_dir_txt(path: str | os.PathLike) -> np.ndarray:
-    """Read one B0 direction from a text file of three numbers (whitespace/comma separated,
-    e.g. one per line as in LPCNN's ``SubXXX_oriN.txt``); returns a float64 unit 3-vector.
+def read_b0_dirs(path: str | os.PathLike) -> np.ndarray:
+    """Read B0 directions from a text file: 3 numbers per direction (whitespace/comma
+    separated, any line layout; e.g. LPCNN's ``SubXXX_oriN.txt`` holds one, one number per
+    line). Returns an (N, 3) float64 array of unit vectors in the file's order.
 
-    Raises :class:`QSMInputError` naming the file if it is missing, does not hold exactly three
-    finite numbers, or the vector is not close to unit length (|norm - 1| > 0.05).
+    Raises :class:`QSMInputError` naming the file if it is missing, does not hold a positive
+    multiple of three finite numbers, or a vector is not close to unit length
+    (|norm - 1| > 0.05).
     """
     p = Path(path)
     if not p.is_file():
@@ -44,14 +54,27 @@ def read_b0_dir_txt(path: str | os.PathLike) -> np.ndarray:
         values = np.array([float(t) for t in tokens], dtype=np.float64)
     except ValueError as exc:
         raise QSMInputError(f"B0 direction file must hold 3 numbers ({exc})", str(p)) from exc
-    if values.shape != (3,) or not np.all(np.isfinite(values)):
+    if values.size == 0 or values.size % 3 or not np.all(np.isfinite(values)):
         raise QSMInputError(
-            f"B0 direction file must hold exactly 3 finite numbers, got {len(tokens)}", str(p)
+            f"B0 direction file must hold 3 finite numbers per direction, got {len(tokens)}",
+            str(p),
         )
-    norm = float(np.linalg.norm(values))
-    if abs(norm - 1.0) > 0.05:
-        raise QSMInputError(f"B0 direction {values.tolist()} is not a unit vector", str(p))
-    return values / norm
+    dirs = values.reshape(-1, 3)
+    for d in dirs:
+        if abs(float(np.linalg.norm(d)) - 1.0) > 0.05:
+            raise QSMInputError(f"B0 direction {d.tolist()} is not a unit vector", str(p))
+    return np.stack([normalise_b0_dir(d) for d in dirs])
+
+
+def read_b0_dir_txt(path: str | os.PathLike) -> np.ndarray:
+    """Read the one B0 direction of a text file of three numbers (see :func:`read_b0_dirs`,
+    e.g. LPCNN's ``SubXXX_oriN.txt``); returns a float64 unit 3-vector."""
+    dirs = read_b0_dirs(path)
+    if dirs.shape != (1, 3):
+        raise QSMInputError(
+            f"B0 direction file must hold exactly 3 finite numbers, got {dirs.size}", str(path)
+        )
+    return dirs[0]
 
 
 def load_lpcnn_orientations(subject_dir: str | os.PathLike) -> np.ndarray:

@@ -6,8 +6,9 @@ Every item is a dict of float32 tensors (plus two bookkeeping entries)::
     chi    (1, P, P, P)  target susceptibility, ppm (COSMOS for patch sets)
     mask   (1, P, P, P)  0/1
     kernel (1, P, P, P)  real dipole kernel D(k) of this patch's B0 direction on the P^3 patch
-                         grid, FFT layout (DC at [0, 0, 0]), D(0) = ``dc_value`` (default 1/3,
-                         the ISDU reference convention, isdu_qsmnet_spec.md section 1)
+                         grid, FFT layout (k = 0 at [0, 0, 0]), D(0) = ``kernel_k0`` (default
+                         1/3, the ISDU convention; built by
+                         :func:`qsmflow.models.kernels.isdu_kernel`, as at inference)
     b0_dir (3,)          B0 direction (unit vector, array axes) the kernel was built from
     index  ()            int64 index of the item in the dataset
 
@@ -47,16 +48,9 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import QSMInputError
-from ..physics.kernel import dipole_kernel, normalise_b0_dir
-from .patches import PatchSet, read_patch_set
-
-#: ISDU reference kernel value at k = 0 (isdu_qsmnet_spec.md section 1).
-ISDU_DC_VALUE = 1.0 / 3.0
-
-#: Susceptibility statistics of the ISDU training data (tr-stats.mat out_mean / out_std, ppm),
-#: used when a dataset has none of its own.
-ISDU_CHI_MEAN = -0.0027030050
-ISDU_CHI_STD = 0.0289272424
+from ..models.kernels import ISDU_KERNEL_K0, isdu_kernel
+from ..physics.kernel import normalise_b0_dir
+from .patch_store import PatchSet, read_patch_set
 
 
 def _mix_seed(*parts: int) -> np.random.Generator:
@@ -64,10 +58,11 @@ def _mix_seed(*parts: int) -> np.random.Generator:
 
 
 class KernelCache:
-    """Dipole kernels (1, P, P, P) float32 tensors keyed by (shape, voxel size, B0 direction)."""
+    """ISDU dipole kernels (1, P, P, P) float32 (:func:`~qsmflow.models.kernels.isdu_kernel`)
+    keyed by (shape, voxel size, B0 direction); ``k0`` is their value at k = 0."""
 
-    def __init__(self, dc_value: float = ISDU_DC_VALUE) -> None:
-        self.dc_value = float(dc_value)
+    def __init__(self, k0: float = ISDU_KERNEL_K0) -> None:
+        self.k0 = float(k0)
         self._cache: dict[tuple, torch.Tensor] = {}
 
     def __call__(
@@ -82,10 +77,7 @@ class KernelCache:
         )
         k = self._cache.get(key)
         if k is None:
-            d = dipole_kernel(
-                key[0], key[1], key[2], dc_value=self.dc_value, dtype=np.float64
-            ).astype(np.float32)
-            k = torch.from_numpy(d)[None]
+            k = isdu_kernel(key[0], key[1], key[2], k0=self.k0)[0]
             self._cache[key] = k
         return k
 
@@ -130,10 +122,10 @@ class PatchDataset(Dataset):
     Parameters
     ----------
     directories : a folder or a list of folders written by
-        :func:`qsmflow.training.patches.write_patch_set` (the Nipype training-data workflow).
+        :func:`qsmflow.training.patch_store.write_patch_set` (the Nipype training-data workflow).
         All must have the same patch size; voxel sizes may differ (each set's kernels use its
         own ``voxel_size_mm``). Item ``i`` runs over the sets in the given order.
-    dc_value : D(0) of the kernels (1/3: ISDU reference; 0: qsmflow physics default).
+    kernel_k0 : D(0) of the kernels (1/3: the ISDU convention; 0: qsmflow's physics default).
     augment : random flips (see the module docstring); default off.
     seed : seed of the augmentation.
     mmap : memory-map the arrays (default) instead of reading them into memory.
@@ -143,7 +135,7 @@ class PatchDataset(Dataset):
         self,
         directories: str | os.PathLike | Sequence[str | os.PathLike],
         *,
-        dc_value: float = ISDU_DC_VALUE,
+        kernel_k0: float = ISDU_KERNEL_K0,
         augment: bool = False,
         seed: int = 0,
         mmap: bool = True,
@@ -165,7 +157,8 @@ class PatchDataset(Dataset):
             tuple(float(v) for v in np.broadcast_to(s.meta["voxel_size_mm"], (3,)))
             for s in self.sets
         ]
-        self.kernels = KernelCache(dc_value)
+        self.kernel_k0 = float(kernel_k0)
+        self.kernels = KernelCache(self.kernel_k0)
         self.augment = bool(augment)
         self.seed = int(seed)
         self.epoch = 0
@@ -200,7 +193,7 @@ class PatchDataset(Dataset):
             "folders": [str(s.path) for s in self.sets],
             "count": len(self),
             "patch_size": self.patch_size,
-            "dc_value": self.kernels.dc_value,
+            "kernel_k0": self.kernel_k0,
             "augment": self.augment,
         }
 
@@ -238,6 +231,42 @@ def check_crop_settings(
         raise QSMInputError(f"min_mask_fraction must be in [0, 1), got {min_mask_fraction!r}")
 
 
+class SimulatedCrops(Dataset):
+    """Settings shared by the simulated datasets (crops of P^3 voxels with random B0).
+
+    ``length`` items, ``patch_size`` P (voxels), ``seed`` of all randomness, ``max_tilt_deg``
+    the largest angle between B0 and array axis 2, ``min_mask_fraction`` the brain fraction a
+    crop must exceed, ``kernel_k0`` the value at k = 0 of the returned kernels.
+    """
+
+    def __init__(
+        self,
+        length: int,
+        patch_size: int,
+        seed: int,
+        max_tilt_deg: float,
+        min_mask_fraction: float,
+        kernel_k0: float,
+    ) -> None:
+        check_crop_settings(length, patch_size, max_tilt_deg, min_mask_fraction)
+        self.length = int(length)
+        self.patch_size = int(patch_size)
+        self.seed = int(seed)
+        self.max_tilt_deg = float(max_tilt_deg)
+        self.min_mask_fraction = float(min_mask_fraction)
+        self.kernel_k0 = float(kernel_k0)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def item_index(self, index: int) -> int:
+        """``index`` in ``[0, length)`` (negative indices count from the end)."""
+        n = self.length
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for {n} items")
+        return int(index) % n
+
+
 def random_b0_dirs(n: int, max_tilt_deg: float, rng: np.random.Generator) -> np.ndarray:
     """``n`` unit vectors tilted uniformly on the cap of half-angle ``max_tilt_deg`` about z."""
     cos_max = np.cos(np.deg2rad(max_tilt_deg))
@@ -247,7 +276,7 @@ def random_b0_dirs(n: int, max_tilt_deg: float, rng: np.random.Generator) -> np.
     return np.stack([sz * np.cos(az), sz * np.sin(az), cz], axis=1)
 
 
-class SimulatedPatchDataset(Dataset):
+class SimulatedPatchDataset(SimulatedCrops):
     """Training pairs cropped from the built-in phantom, made on the fly (no data files).
 
     Parameters
@@ -263,7 +292,7 @@ class SimulatedPatchDataset(Dataset):
     texture : within-tissue texture of the phantom's chi.
     noise_std_ppm : std of Gaussian noise added to the field inside the mask.
     min_mask_fraction : crops need strictly more than this fraction of brain voxels.
-    dc_value : D(0) of the returned kernels (the simulated fields themselves use D(0)=0).
+    kernel_k0 : D(0) of the returned kernels (the simulated fields themselves use D(0)=0).
 
     Subject/orientation fields are cached per process (a few MB each).
     """
@@ -282,37 +311,29 @@ class SimulatedPatchDataset(Dataset):
         texture: bool = True,
         noise_std_ppm: float = 0.0,
         min_mask_fraction: float = 0.125,
-        dc_value: float = ISDU_DC_VALUE,
+        kernel_k0: float = ISDU_KERNEL_K0,
     ) -> None:
-        check_crop_settings(length, patch_size, max_tilt_deg, min_mask_fraction)
+        super().__init__(length, patch_size, seed, max_tilt_deg, min_mask_fraction, kernel_k0)
         if int(n_subjects) < 1 or int(n_orientations) < 1:
             raise QSMInputError("n_subjects and n_orientations must be >= 1")
         if not float(noise_std_ppm) >= 0:
             raise QSMInputError(f"noise_std_ppm must be >= 0, got {noise_std_ppm!r}")
         if not float(voxel_size) > 0:
             raise QSMInputError(f"voxel_size must be > 0 mm, got {voxel_size!r}")
-        self.length = int(length)
-        self.patch_size = int(patch_size)
-        self.seed = int(seed)
         self.n_subjects = int(n_subjects)
         self.n_orientations = int(n_orientations)
-        self.max_tilt_deg = float(max_tilt_deg)
         self.voxel_size = float(voxel_size)
         self.phantom_shape = None if phantom_shape is None else tuple(int(s) for s in phantom_shape)
         self.texture = bool(texture)
         self.noise_std_ppm = float(noise_std_ppm)
-        self.min_mask_fraction = float(min_mask_fraction)
         self.b0_dirs = random_b0_dirs(
             self.n_subjects * self.n_orientations,
             self.max_tilt_deg,
             _mix_seed(self.seed, 0xB0D1),
         ).reshape(self.n_subjects, self.n_orientations, 3)
-        self.kernels = KernelCache(dc_value)
+        self.kernels = KernelCache(self.kernel_k0)
         self._subjects: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._fields: dict[tuple[int, int], np.ndarray] = {}
-
-    def __len__(self) -> int:
-        return self.length
 
     def set_epoch(self, epoch: int) -> None:
         """Items do not depend on the epoch (kept for the trainer's interface)."""
@@ -330,7 +351,7 @@ class SimulatedPatchDataset(Dataset):
             "phantom_shape": self.phantom_shape,
             "texture": self.texture,
             "noise_std_ppm": self.noise_std_ppm,
-            "dc_value": self.kernels.dc_value,
+            "kernel_k0": self.kernel_k0,
         }
 
     # ------------------------------------------------------------------ phantom and fields
@@ -393,10 +414,7 @@ class SimulatedPatchDataset(Dataset):
         return best
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        n = self.length
-        if not -n <= index < n:
-            raise IndexError(f"index {index} out of range for {n} items")
-        index = int(index) % n
+        index = self.item_index(index)
         combo = index % (self.n_subjects * self.n_orientations)
         s, o = divmod(combo, self.n_orientations)
         chi, mask = self.subject(s)
@@ -419,7 +437,7 @@ class SimulatedPatchDataset(Dataset):
         return _item(phi, chi_p, mask_p, kernel, b0, index)
 
 
-def dataset_description(dataset: Dataset) -> str:
+def describe_dataset(dataset: Dataset) -> str:
     """A JSON string describing ``dataset`` (for checkpoints and logs)."""
     describe = getattr(dataset, "describe", None)
     info = describe() if callable(describe) else {"kind": type(dataset).__name__}
@@ -428,13 +446,11 @@ def dataset_description(dataset: Dataset) -> str:
 
 
 __all__ = [
-    "ISDU_CHI_MEAN",
-    "ISDU_CHI_STD",
-    "ISDU_DC_VALUE",
     "KernelCache",
     "PatchDataset",
+    "SimulatedCrops",
     "SimulatedPatchDataset",
     "combine_stats",
-    "dataset_description",
+    "describe_dataset",
     "random_b0_dirs",
 ]

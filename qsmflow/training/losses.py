@@ -28,19 +28,30 @@ authors' dtype flow and their loss values exactly (tests/test_isdu_conformance.p
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import QSMInputError
+from ..models.consistency import SPATIAL_DIMS
+
 __all__ = [
+    "LOSSES",
     "combined_l1_loss",
     "combined_l2_loss",
     "model_residual",
+    "make_loss",
     "mse_loss",
     "sobel_filters",
 ]
 
-_SPATIAL = (-3, -2, -1)
+#: Training losses by name (the ``loss`` setting of a training preset), see :func:`make_loss`.
+LOSSES = ("combined", "combined_l2", "mse")
+
+#: ``loss(chi_hat, chi, phi, mask, kernel) -> 0-dim tensor``.
+LossFunction = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
 
 
 def sobel_filters(
@@ -67,7 +78,9 @@ def _sobel(diff: Tensor, dtype: torch.dtype) -> Tensor:
 
 def model_residual(chi_hat: Tensor, phi: Tensor, mask: Tensor, kernel: Tensor) -> Tensor:
     """M Re F^-1(D F chi_hat) - M phi, (B, 1, X, Y, Z) (the "model loss" residual, ppm)."""
-    field = torch.fft.ifftn(kernel * torch.fft.fftn(chi_hat, dim=_SPATIAL), dim=_SPATIAL).real
+    field = torch.fft.ifftn(
+        kernel * torch.fft.fftn(chi_hat, dim=SPATIAL_DIMS), dim=SPATIAL_DIMS
+    ).real
     return mask * field - mask * phi
 
 
@@ -119,3 +132,25 @@ def combined_l2_loss(
     sobel = sobel_weight * torch.mean(_sobel(diff, diff.dtype) ** 2)
     model = model_weight * torch.mean(model_residual(chi_hat, phi, mask, kernel) ** 2)
     return {"voxel": voxel, "sobel": sobel, "model_not_added": model, "total": voxel + sobel}
+
+
+def make_loss(name: str) -> LossFunction:
+    """``loss(chi_hat, chi, phi, mask, kernel) -> scalar`` for ``name`` in :data:`LOSSES`.
+
+    "combined": the authors' L1 training loss (:func:`combined_l1_loss` total); "combined_l2":
+    their L2 variant (:func:`combined_l2_loss` total); "mse": plain voxel MSE.
+    """
+    if name == "mse":
+
+        def mse(chi_hat: Tensor, chi: Tensor, phi: Tensor, mask: Tensor, kernel: Tensor) -> Tensor:
+            return mse_loss(chi_hat, chi)
+
+        return mse
+    terms = {"combined": combined_l1_loss, "combined_l2": combined_l2_loss}.get(name)
+    if terms is None:
+        raise QSMInputError(f"unknown loss {name!r}; choose from {', '.join(LOSSES)}")
+
+    def total(chi_hat: Tensor, chi: Tensor, phi: Tensor, mask: Tensor, kernel: Tensor) -> Tensor:
+        return terms(chi_hat, chi, phi, mask, kernel)["total"]
+
+    return total

@@ -20,7 +20,7 @@ contrast, texture and noise:
    noise with std ``U(noise_std_ppm)`` and the brain mask.
 
 Items follow :mod:`qsmflow.training.dataset`'s layout (``phi``, ``chi``, ``mask``, ``kernel``
-with D(0) = ``dc_value``, ``b0_dir``, ``index``), ppm throughout, and are a pure function of
+with D(0) = ``kernel_k0``, ``b0_dir``, ``index``), ppm throughout, and are a pure function of
 (``seed``, epoch, index): call :meth:`set_epoch` (the trainer does) for fresh patches every
 epoch; runs are reproducible and resume exactly. Sources are loaded lazily once per process.
 """
@@ -36,11 +36,11 @@ from typing import Any
 import numpy as np
 import torch
 from scipy import ndimage
-from torch.utils.data import Dataset
 
 from ..errors import QSMInputError
+from ..models.kernels import ISDU_KERNEL_K0, isdu_kernel
 from ..physics.kernel import dipole_kernel
-from .dataset import ISDU_DC_VALUE, _item, _mix_seed, check_crop_settings, random_b0_dirs
+from .dataset import SimulatedCrops, _item, _mix_seed, random_b0_dirs
 
 #: Head-model voxel sizes (mm per array axis) used by default: isotropic and thick-slice grids.
 DEFAULT_HEAD_MODEL_VOXELS: tuple[tuple[float, float, float], ...] = (
@@ -93,7 +93,7 @@ def _head_model_source(directory: str | None, vox: tuple[float, float, float]) -
     )
 
 
-class PhantomPatchDataset(Dataset):
+class PhantomPatchDataset(SimulatedCrops):
     """Training pairs simulated patch by patch with augmentation (see the module docstring).
 
     Parameters
@@ -113,7 +113,7 @@ class PhantomPatchDataset(Dataset):
     texture_std_ppm : (low, high) range of the texture std.
     noise_std_ppm : (low, high) range of the field noise std (ppm of B0).
     min_mask_fraction : crops need more than this fraction of brain voxels.
-    dc_value : D(0) of the returned kernels (the fields use D(0) = 0).
+    kernel_k0 : D(0) of the returned kernels (the fields use D(0) = 0).
     """
 
     def __init__(
@@ -133,9 +133,9 @@ class PhantomPatchDataset(Dataset):
         texture_std_ppm: Sequence[float] = (0.0, 0.02),
         noise_std_ppm: Sequence[float] = (0.0, 0.004),
         min_mask_fraction: float = 0.125,
-        dc_value: float = ISDU_DC_VALUE,
+        kernel_k0: float = ISDU_KERNEL_K0,
     ) -> None:
-        check_crop_settings(length, patch_size, max_tilt_deg, min_mask_fraction)
+        super().__init__(length, patch_size, seed, max_tilt_deg, min_mask_fraction, kernel_k0)
         if not 0 <= float(contrast) < 1:
             raise QSMInputError(f"contrast must be in [0, 1), got {contrast!r}")
         if not 0 <= float(head_model_weight) <= 1:
@@ -148,9 +148,6 @@ class PhantomPatchDataset(Dataset):
                 )
         if int(n_builtin) < 0:
             raise QSMInputError(f"n_builtin must be >= 0, got {n_builtin!r}")
-        self.length = int(length)
-        self.patch_size = int(patch_size)
-        self.seed = int(seed)
         self.head_model_dir = head_model_dir
         self.head_model_voxels = tuple(tuple(float(v) for v in vs) for vs in head_model_voxels)
         for vs in self.head_model_voxels:
@@ -159,13 +156,10 @@ class PhantomPatchDataset(Dataset):
         self.n_builtin = int(n_builtin)
         self.builtin_voxel = float(builtin_voxel)
         self.head_model_weight = float(head_model_weight)
-        self.max_tilt_deg = float(max_tilt_deg)
         self.contrast = float(contrast)
         self.label_offset_ppm = float(label_offset_ppm)
         self.texture_std_ppm = tuple(float(v) for v in texture_std_ppm)
         self.noise_std_ppm = tuple(float(v) for v in noise_std_ppm)
-        self.min_mask_fraction = float(min_mask_fraction)
-        self.dc_value = float(dc_value)
         self.epoch = 0
         self._head: list[_Source] | None = None
         self._builtin: list[_Source] | None = None
@@ -173,9 +167,6 @@ class PhantomPatchDataset(Dataset):
             raise QSMInputError("no sources: enable the head model or n_builtin >= 1")
 
     # ------------------------------------------------------------------ bookkeeping
-    def __len__(self) -> int:
-        return self.length
-
     def set_epoch(self, epoch: int) -> None:
         """Items of epoch ``epoch`` (new crops, contrasts, directions, noise every epoch)."""
         self.epoch = int(epoch)
@@ -196,12 +187,8 @@ class PhantomPatchDataset(Dataset):
             "label_offset_ppm": self.label_offset_ppm,
             "texture_std_ppm": list(self.texture_std_ppm),
             "noise_std_ppm": list(self.noise_std_ppm),
-            "dc_value": self.dc_value,
+            "kernel_k0": self.kernel_k0,
         }
-
-    @property
-    def kernels(self):  # the trainer checks ``kernels.dc_value`` against its config
-        return self
 
     # ------------------------------------------------------------------ sources
     def head_sources(self) -> list[_Source]:
@@ -293,6 +280,9 @@ class PhantomPatchDataset(Dataset):
                 chi, mask = np.flip(chi, axis), np.flip(mask, axis)
         chi, mask = np.ascontiguousarray(chi), np.ascontiguousarray(mask)
         b0 = random_b0_dirs(1, self.max_tilt_deg, rng)[0]
+        # periodic on the patch, as the network's data-consistency step (not the zero-padded
+        # physics.forward.forward_field); kept as written: the shipped weights were trained on
+        # these exact float32 patches
         d0 = dipole_kernel(chi.shape, src.voxel_size, b0, dc_value=0.0)
         phi = np.fft.ifftn(d0 * np.fft.fftn(chi)).real.astype(np.float32)
         noise = rng.uniform(*self.noise_std_ppm)
@@ -310,17 +300,10 @@ class PhantomPatchDataset(Dataset):
         }
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        n = self.length
-        if not -n <= index < n:
-            raise IndexError(f"index {index} out of range for {n} items")
-        index = int(index) % n
+        index = self.item_index(index)
         s = self.sample(index)
-        kernel = dipole_kernel(
-            s["phi"].shape, s["voxel_size"], s["b0_dir"], dc_value=self.dc_value, dtype=np.float64
-        ).astype(np.float32)
-        return _item(
-            s["phi"], s["chi"], s["mask"], torch.from_numpy(kernel)[None], s["b0_dir"], index
-        )
+        kernel = isdu_kernel(s["phi"].shape, s["voxel_size"], s["b0_dir"], k0=self.kernel_k0)[0]
+        return _item(s["phi"], s["chi"], s["mask"], kernel, s["b0_dir"], index)
 
     @property
     def normalisation(self) -> dict[str, dict[str, float]]:

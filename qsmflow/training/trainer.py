@@ -5,7 +5,9 @@ schedule, no clipping), batch 2, the combined loss (1 x L1 + 0.5 x Sobel-edge L1
 loss), 64^3 patches; a K = 1 model is trained first (27 epochs over all 16,800 patches in the
 paper), then the K = 4 unshared model starts with every denoiser a copy of the K = 1 denoiser
 (``stage="unrolled"``, ``init_from``) and trains on a random subset ("RS") of 4000 patches
-per epoch. :func:`train` runs one stage; ``qsmflow train`` chains stages from a preset.
+per epoch. :func:`train` runs one stage; :mod:`qsmflow.training.recipe` chains the stages of a
+preset (``qsmflow train``); settings: :mod:`qsmflow.training.config`; checkpoint and RNG
+bookkeeping: :mod:`qsmflow.training.state`.
 
 Output folder (``TrainConfig.output_dir``)::
 
@@ -40,38 +42,40 @@ FFTs and the losses stay in float32.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import logging
-import math
 import os
-import random
-import re
 import time
-from collections.abc import Callable, Sized
-from dataclasses import dataclass
-from dataclasses import field as dc_field
+from collections.abc import Mapping, Sized
 from pathlib import Path
 from typing import Any, cast
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import QSMInputError
+from ..models import checkpoints
+from ..models.inference import resolve_device
+from ..models.isdu import ISDUQSMNet
 from . import ddp
-from .dataset import ISDU_DC_VALUE, dataset_description
+from .config import TrainConfig
+from .dataset import describe_dataset
+from .losses import make_loss
+from .state import (
+    CHECKPOINT_DIR,
+    FINAL_NAME,
+    TRAIN_FORMAT,
+    TRAIN_FORMAT_VERSION,
+    capture_rng,
+    checkpoint_path,
+    list_checkpoints,
+    restore_rng,
+    seed_everything,
+    training_state,
+)
 
 log = logging.getLogger(__name__)
-
-STAGES = ("k1", "unrolled")
-LOSSES = ("combined", "combined_l2", "mse")
-TRAIN_FORMAT = "qsmflow-train"
-TRAIN_FORMAT_VERSION = 1
-CHECKPOINT_DIR = "checkpoints"
-FINAL_NAME = "final.pt"
-_EPOCH_RE = re.compile(r"^epoch_(\d+)\.pt$")
 
 #: Settings that must agree between a checkpoint and the run resuming it.
 _RESUME_KEYS = (
@@ -89,6 +93,7 @@ _RESUME_KEYS = (
     "max_grad_norm",
 )
 
+#: Columns of ``train_log.csv``.
 CSV_FIELDS = (
     "epoch",
     "stage",
@@ -102,316 +107,8 @@ CSV_FIELDS = (
 )
 
 
-@dataclass
-class TrainConfig:
-    """Settings of one training stage (TOML keys of ``qsmflow train`` presets).
-
-    stage : "k1" (one unrolled iteration, trained from scratch) or "unrolled" (K iterations,
-        usually initialised from a K = 1 checkpoint via ``init_from``).
-    n_iterations : K (must be 1 for stage "k1").
-    shared_weights : one denoiser for all K iterations (SW) instead of K (USW, the paper's).
-    init_from : checkpoint whose (first) denoiser initialises every denoiser: a qsmflow
-        checkpoint or the authors' plain WideResNet state_dict ``.pth``. Used only when the run
-        does not resume.
-    epochs : total number of epochs (a resumed run continues up to this number).
-    patches_per_epoch : random subset (RS) size per epoch; 0 or None: all patches.
-    batch_size : patches per step and process.
-    lr : Adam learning rate.
-    loss : "combined" (L1 + 0.5 Sobel-edge L1 + 0.5 model loss; the paper's), "combined_l2"
-        (the authors' L2 variant) or "mse" (voxel MSE).
-    seed : seeds model initialisation, dropout, RS sampling and augmentation.
-    num_workers : DataLoader worker processes.
-    amp : CUDA mixed precision (ignored on CPU); amp_dtype "bfloat16" or "float16".
-    device : "auto" (CUDA if available), "cpu", "cuda" or "cuda:N".
-    output_dir : run folder (see the module docstring).
-    log_csv : CSV log file name inside ``output_dir``.
-    tensorboard : also log to ``output_dir/tensorboard`` (needs the tensorboard package).
-    progress : tqdm progress bars (rank 0 only).
-    keep_checkpoints : keep only the newest N epoch checkpoints (0: keep all).
-    max_grad_norm : clip the global gradient norm (0 or None: off; the paper does not clip).
-    out_mean, out_std : susceptibility statistics (ppm) for the denoiser normalisation; None:
-        from ``init_from``'s model, else from the dataset's ``normalisation``, else the
-        authors' tr-stats values.
-    cg_max_iter : CG update cap per unrolled iteration.
-    kernel_dc_value : D(0) of the dataset's kernels (1/3, the ISDU convention); checked
-        against the dataset and recorded for inference.
-    model : further :class:`~qsmflow.models.isdu.ISDUQSMNet` keyword arguments (``width``,
-        ``n_blocks``, ``dropout``, ``dc_mode``, ``learn_p``, ...).
-    deterministic : request deterministic CUDA kernels (cudnn.deterministic, no benchmark).
-    channels_last : keep the denoisers' convolution weights (and so their feature maps) in the
-        ``channels_last_3d`` layout: the same model, ~25 % faster steps on the CPU (oneDNN) and
-        usually on CUDA with ``amp``; results differ from ``false`` by float rounding only.
-    resume : continue from the newest checkpoint in ``output_dir``.
-    """
-
-    stage: str = "k1"
-    n_iterations: int = 1
-    shared_weights: bool = False
-    init_from: str | None = None
-    epochs: int = 1
-    patches_per_epoch: int | None = None
-    batch_size: int = 2
-    lr: float = 1e-4
-    loss: str = "combined"
-    seed: int = 0
-    num_workers: int = 0
-    amp: bool = False
-    amp_dtype: str = "bfloat16"
-    device: str = "auto"
-    output_dir: str = ""
-    log_csv: str = "train_log.csv"
-    tensorboard: bool = False
-    progress: bool = True
-    keep_checkpoints: int = 0
-    max_grad_norm: float | None = None
-    out_mean: float | None = None
-    out_std: float | None = None
-    cg_max_iter: int = 30
-    kernel_dc_value: float = ISDU_DC_VALUE
-    model: dict[str, Any] = dc_field(default_factory=dict)
-    deterministic: bool = False
-    channels_last: bool = False
-    resume: bool = False
-
-    def validate(self, source: str | None = None) -> TrainConfig:
-        """Check every setting; raise :class:`QSMInputError` naming ``source``."""
-
-        def bad(msg: str) -> QSMInputError:
-            return QSMInputError(msg, source)
-
-        if self.stage not in STAGES:
-            raise bad(f"stage = {self.stage!r}; choose from {', '.join(STAGES)}")
-        if self.loss not in LOSSES:
-            raise bad(f"loss = {self.loss!r}; choose from {', '.join(LOSSES)}")
-        for key in ("n_iterations", "epochs", "batch_size", "cg_max_iter"):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise bad(f"{key} must be an integer >= 1, got {v!r}")
-        for key in ("num_workers", "keep_checkpoints", "seed"):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise bad(f"{key} must be an integer >= 0, got {v!r}")
-        if self.stage == "k1" and self.n_iterations != 1:
-            raise bad(f"stage 'k1' trains one iteration, got n_iterations = {self.n_iterations}")
-        if self.stage == "k1" and self.init_from:
-            raise bad("stage 'k1' is trained from scratch; init_from is for stage 'unrolled'")
-        ppe = self.patches_per_epoch
-        if ppe is not None and (isinstance(ppe, bool) or not isinstance(ppe, int) or ppe < 0):
-            raise bad(f"patches_per_epoch must be an integer >= 0 (0: all), got {ppe!r}")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise bad(f"lr must be a positive number, got {self.lr!r}")
-        if self.amp_dtype not in ("bfloat16", "float16"):
-            raise bad(f"amp_dtype = {self.amp_dtype!r}; choose bfloat16 or float16")
-        for key in ("amp", "shared_weights", "channels_last", "deterministic", "tensorboard"):
-            if not isinstance(getattr(self, key), bool):
-                raise bad(f"{key} must be true or false, got {getattr(self, key)!r}")
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(self.device)):
-            raise bad(f"device = {self.device!r}; use auto, cpu, cuda or cuda:N")
-        if self.max_grad_norm is not None and not (
-            isinstance(self.max_grad_norm, (int, float)) and self.max_grad_norm >= 0
-        ):
-            raise bad(f"max_grad_norm must be >= 0, got {self.max_grad_norm!r}")
-        if self.out_std is not None and not float(self.out_std) > 0:
-            raise bad(f"out_std must be positive, got {self.out_std!r}")
-        if not isinstance(self.model, dict):
-            raise bad("model must be a table of ISDUQSMNet keyword arguments")
-        reserved = {"n_iterations", "shared_weights", "out_mean", "out_std", "cg_max_iter"}
-        clash = reserved & set(self.model)
-        if clash:
-            raise bad(f"set {', '.join(sorted(clash))} at the top level, not in [model]")
-        if not self.output_dir:
-            raise bad("output_dir is not set (use --output)")
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
-
-def config_from_dict(values: dict[str, Any], source: str | None = None) -> TrainConfig:
-    """A :class:`TrainConfig` from a dict (e.g. a TOML table); unknown keys are errors."""
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise QSMInputError(
-            f"unknown training setting(s) {', '.join(map(repr, unknown))} "
-            f"(known: {', '.join(sorted(known))})",
-            source,
-        )
-    values = dict(values)
-    if values.get("patches_per_epoch") == 0:
-        values["patches_per_epoch"] = None
-    if values.get("max_grad_norm") == 0:
-        values["max_grad_norm"] = None
-    if "lr" in values and isinstance(values["lr"], int) and not isinstance(values["lr"], bool):
-        values["lr"] = float(values["lr"])
-    return TrainConfig(**values)
-
-
-# --------------------------------------------------------------------------------------------
-# checkpoint files
-
-
-def _checkpoint_api():
-    from ..models import checkpoints
-
-    return checkpoints
-
-
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint dict with ``torch.load(weights_only=True)`` onto the CPU.
-
-    Raises :class:`QSMInputError` naming the file when it is missing, unreadable or not a dict.
-    """
-    obj = _checkpoint_api().read_checkpoint(path)
-    if not isinstance(obj, dict):
-        raise QSMInputError(f"checkpoint holds a {type(obj).__name__}, not a dict", str(path))
-    return obj
-
-
-def training_state(obj: dict[str, Any]) -> dict[str, Any] | None:
-    """The trainer's entry (``extra["training"]``) of a checkpoint dict, or None."""
-    extra = obj.get("extra")
-    tr = extra.get("training") if isinstance(extra, dict) else None
-    return tr if isinstance(tr, dict) else None
-
-
-def _denoiser_state_from(obj: dict[str, Any], source: str) -> tuple[dict, dict | None]:
-    """(WideResNet state_dict of the first denoiser, model config or None) of a checkpoint.
-
-    Reads qsmflow checkpoints (denoiser 0), the authors' plain WideResNet state_dict and their
-    unshared-weight dict (``model_0``).
-    """
-    if obj.get("format") == "qsmflow-isdu":
-        model_sd = obj.get("model")
-        if not isinstance(model_sd, dict):
-            raise QSMInputError("checkpoint has no model state_dict", source)
-        prefix = "denoisers.0."
-        sd = {k[len(prefix) :]: v for k, v in model_sd.items() if k.startswith(prefix)}
-        if not sd:
-            raise QSMInputError("checkpoint model has no denoisers.0.* weights", source)
-        cfg = obj.get("config") if isinstance(obj.get("config"), dict) else None
-        return sd, cfg
-    if "format" in obj:
-        raise QSMInputError(f"unknown checkpoint format {obj.get('format')!r}", source)
-    if "K_unrolling" in obj and isinstance(obj.get("model_0"), dict):
-        return dict(obj["model_0"]), None
-    if "lambda_val" in obj and any(k.startswith("gen.") for k in obj):
-        return dict(obj), None  # the authors' plain WideResNet state_dict
-    raise QSMInputError(
-        "neither a qsmflow-isdu checkpoint nor a WideResNet state_dict (lambda_val, gen.*)",
-        source,
-    )
-
-
-def list_checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
-    """``[(epoch, path), ...]`` of the epoch checkpoints in ``output_dir``, oldest first."""
-    folder = Path(output_dir) / CHECKPOINT_DIR
-    if not folder.is_dir():
-        return []
-    found = []
-    for p in folder.iterdir():
-        m = _EPOCH_RE.match(p.name)
-        if m and p.is_file():
-            found.append((int(m.group(1)), p))
-    return sorted(found)
-
-
-# --------------------------------------------------------------------------------------------
-# RNG states as tensors / plain values (weights_only-loadable)
-
-
-def capture_rng(device: torch.device) -> dict[str, Any]:
-    key, keys, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002
-    version, internal, gauss_next = random.getstate()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": {
-            "key": str(key),
-            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached),
-        },
-        "python": {"version": int(version), "state": list(internal), "gauss_next": gauss_next},
-    }
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def restore_rng(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    nps = state["numpy"]
-    np.random.set_state(  # noqa: NPY002
-        (
-            nps["key"],
-            nps["keys"].numpy().astype(np.uint32),
-            nps["pos"],
-            nps["has_gauss"],
-            nps["cached_gaussian"],
-        )
-    )
-    py = state["python"]
-    random.setstate((py["version"], tuple(py["state"]), py["gauss_next"]))
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)  # noqa: NPY002
-    torch.manual_seed(seed)
-
-
-# --------------------------------------------------------------------------------------------
-# losses
-
-
-def make_loss(name: str) -> Callable[..., torch.Tensor]:
-    """``loss(chi_hat, chi, phi, mask, kernel) -> scalar`` for ``name`` in :data:`LOSSES`.
-
-    "combined": the authors' L1 training loss (:func:`~qsmflow.training.losses.combined_l1_loss`
-    total); "combined_l2": their L2 variant; "mse": plain voxel MSE.
-    """
-    from . import losses
-
-    if name == "mse":
-
-        def mse(chi_hat, chi, phi, mask, kernel):
-            return losses.mse_loss(chi_hat, chi)
-
-        return mse
-    if name == "combined":
-
-        def combined(chi_hat, chi, phi, mask, kernel):
-            return losses.combined_l1_loss(chi_hat, chi, phi, mask, kernel)["total"]
-
-        return combined
-    if name == "combined_l2":
-
-        def combined_l2(chi_hat, chi, phi, mask, kernel):
-            return losses.combined_l2_loss(chi_hat, chi, phi, mask, kernel)["total"]
-
-        return combined_l2
-    raise QSMInputError(f"unknown loss {name!r}; choose from {', '.join(LOSSES)}")
-
-
-# --------------------------------------------------------------------------------------------
-# the trainer
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise QSMInputError(f"device {name!r} requested but CUDA is not available")
-        if name == "cuda":
-            return torch.device("cuda", local_rank)
-    return torch.device(name)
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
+def _bare_model(model: nn.Module) -> nn.Module:
+    """The model itself, without DistributedDataParallel's ``.module`` wrapper."""
     return model.module if hasattr(model, "module") else model
 
 
@@ -461,11 +158,10 @@ class Trainer:
             raise QSMInputError(f"the {what} has no length (map-style dataset needed)") from exc
         if n < 1:
             raise QSMInputError(f"the {what} is empty")
-        kern = getattr(ds, "kernels", None)
-        dc = getattr(kern, "dc_value", None)
-        if dc is not None and abs(float(dc) - float(self.cfg.kernel_dc_value)) > 1e-9:
+        k0 = getattr(ds, "kernel_k0", None)
+        if k0 is not None and abs(float(k0) - float(self.cfg.kernel_dc_value)) > 1e-9:
             raise QSMInputError(
-                f"the {what}'s kernels have D(0) = {dc}, the config says kernel_dc_value = "
+                f"the {what}'s kernels have D(0) = {k0}, the config says kernel_dc_value = "
                 f"{self.cfg.kernel_dc_value}"
             )
 
@@ -489,7 +185,7 @@ class Trainer:
         resume_from = self._find_resume()
         ckpt = None
         if resume_from is not None:
-            ckpt = read_checkpoint(resume_from)
+            ckpt = checkpoints.read_checkpoint(resume_from)
             self._check_resume(ckpt, resume_from)
 
         # model: identical initialisation on every rank (DDP also broadcasts rank 0's)
@@ -541,10 +237,10 @@ class Trainer:
             return None
         return found[-1][1]
 
-    def _check_resume(self, ckpt: dict[str, Any], path: Path) -> None:
+    def _check_resume(self, ckpt: Any, path: Path) -> None:
         src = str(path)
-        tr = training_state(ckpt)
-        if ckpt.get("format") != "qsmflow-isdu" or tr is None:
+        tr = training_state(ckpt) if checkpoints.is_qsmflow_checkpoint(ckpt) else None
+        if tr is None:
             raise QSMInputError("not a qsmflow training checkpoint", src)
         if tr.get("format") != TRAIN_FORMAT or tr.get("version") != TRAIN_FORMAT_VERSION:
             raise QSMInputError(
@@ -605,32 +301,19 @@ class Trainer:
                 kw.setdefault("out_std", OUT_STD)
         return kw
 
-    def _build_model(self, ckpt: dict[str, Any] | None, ckpt_path: Path | None) -> nn.Module:
-        from ..models.isdu import ISDUQSMNet
-
-        api = _checkpoint_api()
+    def _build_model(self, ckpt: Mapping[str, Any] | None, ckpt_path: Path | None) -> nn.Module:
         cfg = self.cfg
         if ckpt is not None:
-            src = str(ckpt_path)
-            mcfg = ckpt.get("config")
-            if not isinstance(mcfg, dict) or not isinstance(ckpt.get("model"), dict):
-                raise QSMInputError("checkpoint lacks the model 'config' or 'model'", src)
-            try:
-                model = ISDUQSMNet(**mcfg)
-            except TypeError as exc:
-                raise QSMInputError(f"bad model config ({exc})", src) from exc
-            sd = api.check_state_dict(ckpt["model"], model.state_dict(), src, "model state_dict")
-            model.load_state_dict(sd, strict=True)
-            return model
+            return checkpoints.model_from_checkpoint(ckpt, str(ckpt_path))
         if cfg.init_from:
             src = str(cfg.init_from)
-            sd, base = _denoiser_state_from(read_checkpoint(src), src)
+            sd, base = checkpoints.first_denoiser_state(checkpoints.read_checkpoint(src), src)
             kwargs = self._model_kwargs(base)
             try:
                 template = ISDUQSMNet(n_iterations=1, **kwargs).denoisers[0].state_dict()
             except TypeError as exc:
                 raise QSMInputError(f"bad model settings ({exc})", src) from exc
-            sd = api.check_state_dict(sd, template, src, "K=1 denoiser state_dict")
+            sd = checkpoints.check_state_dict(sd, template, src, "K=1 denoiser state_dict")
             model = ISDUQSMNet.from_k1_denoiser(sd, cfg.n_iterations, cfg.shared_weights, **kwargs)
             log.info("initialised %d denoiser(s) from %s", len(model.denoisers), src)
             return model
@@ -693,7 +376,8 @@ class Trainer:
         return self.loss_fn(chi_hat.float(), chi, phi, mask, kernel)
 
     def lambdas(self) -> list[float]:
-        m = _unwrap(self.model)
+        """lambda_k of every denoiser (data-consistency weights, as trained)."""
+        m = _bare_model(self.model)
         return [float(d.lambda_val.detach().reshape(-1)[0]) for d in m.denoisers]
 
     def _set_epoch(self, epoch: int) -> None:
@@ -705,6 +389,11 @@ class Trainer:
 
     # ------------------------------------------------------------------------- epochs
     def train_epoch(self, epoch: int) -> dict[str, float]:
+        """Train one epoch (0-based ``epoch``) over this rank's share of the sampled patches.
+
+        Returns ``train_loss`` (mean over all ranks' steps, the loss's unit, ppm or ppm^2),
+        ``seconds``, ``patches`` (all ranks) and ``patches_per_s``.
+        """
         from tqdm.auto import tqdm
 
         cfg, info = self.cfg, self.dist
@@ -768,12 +457,13 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> float | None:
+        """Mean loss over the validation set in eval mode (all ranks); None without one."""
         if self.val_dataset is None:
             return None
         info = self.dist
         n = len(cast(Sized, self.val_dataset))
         indices = list(range(info.rank, n, info.world_size))
-        model = _unwrap(self.model)
+        model = _bare_model(self.model)
         model.eval()
         total, count = 0.0, 0
         gen = torch.Generator()
@@ -801,7 +491,7 @@ class Trainer:
             "config": self.cfg.to_dict(),
             "world_size": self.dist.world_size,
             "dataset_length": len(cast(Sized, self.dataset)),
-            "dataset": dataset_description(self.dataset),
+            "dataset": describe_dataset(self.dataset),
             "history": [dict(h) for h in self.history],
             "torch_version": str(torch.__version__),
         }
@@ -814,7 +504,7 @@ class Trainer:
             "config": self.cfg.to_dict(),
             "world_size": self.dist.world_size,
             "dataset_length": len(cast(Sized, self.dataset)),
-            "dataset": dataset_description(self.dataset),
+            "dataset": describe_dataset(self.dataset),
             "history": [dict(h) for h in self.history],
             "kernel_dc_value": float(self.cfg.kernel_dc_value),
             "final": True,
@@ -825,9 +515,9 @@ class Trainer:
         rngs = ddp.all_gather_objects(self.dist, capture_rng(self.device))
         if not self.dist.is_main:
             return None
-        path = self.out / CHECKPOINT_DIR / f"epoch_{epoch:04d}.pt"
-        _checkpoint_api().save_isdu(
-            path, _unwrap(self.model), extra={"training": self._training_state(epoch, rngs)}
+        path = checkpoint_path(self.out, epoch)
+        checkpoints.save_isdu(
+            path, _bare_model(self.model), extra={"training": self._training_state(epoch, rngs)}
         )
         keep = self.cfg.keep_checkpoints
         if keep:
@@ -838,8 +528,8 @@ class Trainer:
     def save_final(self, epoch: int) -> Path:
         path = self.out / FINAL_NAME
         if self.dist.is_main:
-            _checkpoint_api().save_isdu(
-                path, _unwrap(self.model), extra={"training": self._summary(epoch)}
+            checkpoints.save_isdu(
+                path, _bare_model(self.model), extra={"training": self._summary(epoch)}
             )
         return path
 
@@ -851,15 +541,15 @@ class Trainer:
             w = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
             w.writeheader()
             for row in self.history:
-                w.writerow({k: _fmt(row.get(k)) for k in CSV_FIELDS})
+                w.writerow({k: _csv_value(row.get(k)) for k in CSV_FIELDS})
 
     def _write_config(self) -> None:
         info = {
             "config": self.cfg.to_dict(),
-            "model": dict(_unwrap(self.model).config),
-            "dataset": json.loads(dataset_description(self.dataset)),
+            "model": dict(_bare_model(self.model).config),
+            "dataset": json.loads(describe_dataset(self.dataset)),
             "val_dataset": (
-                json.loads(dataset_description(self.val_dataset))
+                json.loads(describe_dataset(self.val_dataset))
                 if self.val_dataset is not None
                 else None
             ),
@@ -871,6 +561,9 @@ class Trainer:
 
     # ------------------------------------------------------------------------- main loop
     def fit(self) -> Path:
+        """Run the remaining epochs (checkpoint, CSV row and log line after each), write
+        ``final.pt`` and return its path; the process group is released at the end unless
+        ``keep_process_group``."""
         cfg, info = self.cfg, self.dist
         writer = None
         try:
@@ -930,7 +623,8 @@ class Trainer:
             ddp.shutdown(self.dist)
 
 
-def _fmt(v: Any) -> Any:
+def _csv_value(v: Any) -> Any:
+    """A CSV cell: empty for None, 8 significant digits for floats."""
     if v is None:
         return ""
     if isinstance(v, float):
@@ -969,146 +663,9 @@ def read_log(path: str | os.PathLike) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-# --------------------------------------------------------------------------------------------
-# presets
-
-
-@dataclass
-class TrainPreset:
-    """A ``qsmflow train`` preset: shared settings, stages, data and simulation tables."""
-
-    stages: list[tuple[str, dict[str, Any]]]
-    data: dict[str, Any]
-    simulate: dict[str, Any]
-    source: str | None = None
-    phantoms: dict[str, Any] = dc_field(default_factory=dict)
-
-
-_DATA_KEYS = {"patches", "val_patches", "augment"}
-_SIMULATE_KEYS = {
-    "count",
-    "val_count",
-    "patch_size",
-    "seed",
-    "n_subjects",
-    "n_orientations",
-    "max_tilt_deg",
-    "voxel_size",
-    "phantom_shape",
-    "texture",
-    "noise_std_ppm",
-    "min_mask_fraction",
-}
-_PHANTOMS_KEYS = {
-    "count",
-    "val_count",
-    "patch_size",
-    "seed",
-    "head_model_dir",
-    "head_model_voxels",
-    "n_builtin",
-    "builtin_voxel",
-    "head_model_weight",
-    "max_tilt_deg",
-    "contrast",
-    "label_offset_ppm",
-    "texture_std_ppm",
-    "noise_std_ppm",
-    "min_mask_fraction",
-}
-
-
-def load_train_preset(path: str | os.PathLike) -> TrainPreset:
-    """Read a training preset TOML (see ``workflows/train-isdu.toml``); errors name the file.
-
-    Top-level keys are :class:`TrainConfig` settings shared by all stages; ``[[stages]]``
-    entries (each with a ``name``) override them per stage and run in order (no ``[[stages]]``:
-    one stage named "train"); ``init_from = "previous"`` takes the previous stage's
-    ``final.pt``. ``[data]`` (``patches``, ``val_patches``, ``augment``), ``[simulate]``
-    (:class:`~qsmflow.training.dataset.SimulatedPatchDataset` options plus ``count`` and
-    ``val_count``) and ``[phantoms]`` (:class:`~qsmflow.training.synthetic.PhantomPatchDataset`
-    options plus ``count`` and ``val_count``) describe the training data.
-    """
-    import tomllib
-
-    p = Path(path)
-    src = str(p)
-    if not p.is_file():
-        raise QSMInputError("config file not found", src)
-    try:
-        values = tomllib.loads(p.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise QSMInputError(f"not valid TOML ({exc})", src) from exc
-    data = values.pop("data", {})
-    simulate = values.pop("simulate", {})
-    phantoms = values.pop("phantoms", {})
-    stages_raw = values.pop("stages", None)
-    for name, table, keys in (
-        ("data", data, _DATA_KEYS),
-        ("simulate", simulate, _SIMULATE_KEYS),
-        ("phantoms", phantoms, _PHANTOMS_KEYS),
-    ):
-        if not isinstance(table, dict):
-            raise QSMInputError(f"[{name}] must be a table", src)
-        unknown = sorted(set(table) - keys)
-        if unknown:
-            raise QSMInputError(
-                f"unknown [{name}] key(s) {', '.join(unknown)} (known: {', '.join(sorted(keys))})",
-                src,
-            )
-    shared = values
-    config_from_dict({**shared, "output_dir": "x"}, src)  # check keys early
-    stages: list[tuple[str, dict[str, Any]]] = []
-    if stages_raw is None:
-        stages.append(("train", dict(shared)))
-    else:
-        if not isinstance(stages_raw, list) or not stages_raw:
-            raise QSMInputError("stages must be a non-empty array of tables ([[stages]])", src)
-        seen = set()
-        for i, st in enumerate(stages_raw):
-            if not isinstance(st, dict):
-                raise QSMInputError(f"stages[{i}] is not a table", src)
-            st = dict(st)
-            name = st.pop("name", f"stage{i + 1}")
-            if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-                raise QSMInputError(f"stages[{i}].name {name!r} is not a plain folder name", src)
-            if name in seen:
-                raise QSMInputError(f"duplicate stage name {name!r}", src)
-            seen.add(name)
-            merged = {**shared, **st}
-            if merged.get("init_from") == "previous" and i == 0:
-                raise QSMInputError("the first stage cannot use init_from = 'previous'", src)
-            merged_model = {**shared.get("model", {}), **st.get("model", {})}
-            if merged_model:
-                merged["model"] = merged_model
-            check = {**merged, "output_dir": "x"}
-            if check.get("init_from") == "previous":
-                check["init_from"] = "x"
-            config_from_dict(check, src).validate(src)
-            stages.append((name, merged))
-    return TrainPreset(
-        stages=stages,
-        data=dict(data),
-        simulate=dict(simulate),
-        source=src,
-        phantoms=dict(phantoms),
-    )
-
-
 __all__ = [
     "CSV_FIELDS",
-    "LOSSES",
-    "STAGES",
-    "TrainConfig",
-    "TrainPreset",
     "Trainer",
-    "capture_rng",
-    "config_from_dict",
-    "list_checkpoints",
-    "load_train_preset",
-    "make_loss",
-    "read_checkpoint",
     "read_log",
-    "restore_rng",
     "train",
 ]

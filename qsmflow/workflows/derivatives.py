@@ -1,81 +1,120 @@
-"""BIDS derivatives of the workflows (written by :class:`DerivativesDataSink`).
+"""BIDS derivatives of the workflows, written by :class:`DerivativesDataSink`.
 
-Per run (entities of the run's first-echo phase file)::
+The file names, their meaning and units are listed once, in
+:data:`qsmflow.io.naming.DERIVATIVES` (each sink node is built from one entry by its key); a
+derivative is named after the BIDS inputs it came from (the sink's ``source_file``), so per-run
+outputs carry the run's ``acq-``/``run-`` entities and multi-orientation outputs only
+``sub-``/``ses-``.
 
-    sub-<s>[_ses-<x>]_acq-<a>[_run-<r>]_desc-brain_mask.nii.gz      brain mask (+ backend)
-    sub-..._acq-<a>_desc-total_fieldmap.nii.gz                     total field, Hz
-    sub-..._acq-<a>_desc-local_fieldmap.nii.gz                     local field, ppm of B0
-    sub-..._acq-<a>_desc-vsharp_mask.nii.gz                         valid local-field voxels
-    sub-..._acq-<a>_desc-<method>_Chimap.nii.gz                     qsm pipeline, ppm
-
-Per subject/session (multi-orientation, reference orientation's grid)::
-
-    sub-<s>[_ses-<x>]_desc-cosmos_Chimap.nii.gz / _desc-cosmos_mask.nii.gz
-    sub-..._acq-<a>_desc-reference_fieldmap.nii.gz  local field of orientation a on the
-                                                    reference grid (ppm; training input)
-    sub-..._acq-<a>_desc-reference_mask.nii.gz      its mask on the reference grid
-    sub-..._acq-<a>_desc-rigid_xfm.txt              4x4 RAS world transform reference -> a
-    sub-..._acq-<a>_desc-flirt_xfm.mat              the same as an FSL FLIRT matrix (a -> ref)
-    sub-<s>[_ses-<x>]_desc-training_patches/        patch set (qsmflow.training.patches)
+The sinks are cached like every node (no ``_always_run``, so a rerun executes nothing): a
+derivative deleted from the output folder is written again only once the work dir is removed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from ..interfaces.bids import DerivativesDataSink, DerivativesDirSink, parse_entities
+from ..interfaces.bids import DerivativesDataSink, DerivativesDirSink
+from ..io.naming import DERIVATIVES
+
+#: Sidecar ``Type`` of every mask (BIDS: Brain, Lesion, Face or ROI).
+_BRAIN = {"Type": "Brain"}
 
 
-def _sink(name, output_dir, bids_root, source_file, sources, suffix, desc, drop=(), meta=None):
-    return pe.Node(
-        DerivativesDataSink(
-            base_directory=str(output_dir),
-            bids_root=str(bids_root),
-            source_file=str(source_file),
-            source_files=[str(s) for s in sources],
-            suffix=suffix,
-            desc=desc,
-            drop_entities=list(drop),
-            meta_dict=dict(meta or {}),
-        ),
-        name=name,
-        run_without_submitting=True,
+def _datasink(
+    *,
+    derivative: str,
+    output_dir: str,
+    bids_root: str,
+    source_file: Sequence[str] | Sequence[Sequence[str]],
+    desc: str | None = None,
+    meta: Mapping[str, Any] | None = None,
+    per_orientation: bool = False,
+    name: str | None = None,
+) -> pe.Node:
+    """A sink node for ``DERIVATIVES[derivative]``, named ``ds_<derivative>`` by default.
+
+    ``per_orientation``: a MapNode over ``in_file`` and ``source_file`` (one list of BIDS
+    inputs per orientation).
+    """
+    kind = DERIVATIVES[derivative]
+    sink = DerivativesDataSink(
+        base_directory=output_dir,
+        bids_root=bids_root,
+        suffix=kind.suffix,
+        desc=desc or kind.desc,
+        meta_dict=dict(meta or {}),
     )
+    name = name or f"ds_{derivative}"
+    if per_orientation:
+        node = pe.MapNode(
+            sink, iterfield=["in_file", "source_file"], name=name, run_without_submitting=True
+        )
+        node.inputs.source_file = [list(sources) for sources in source_file]
+    else:
+        node = pe.Node(sink, name=name, run_without_submitting=True)
+        node.inputs.source_file = list(source_file)
+    return node
 
 
 def init_derivatives_wf(
     *,
     output_dir: str,
     bids_root: str,
-    source_file: str,
     source_files: Sequence[str],
     qsm_methods: Sequence[str] = (),
     name: str = "derivatives_wf",
 ) -> pe.Workflow:
-    """Per-run derivatives (see the module docstring).
+    """Store the derivatives of one run (head orientation).
 
-    ``source_file`` gives the entities (sub, ses, acq, run), ``source_files`` the inputs listed
-    in every sidecar's Sources. Inputs: brain_mask, field_hz, local_field, local_mask and
-    ``chi_<method>`` for each of ``qsm_methods``.
+    One sink per output, each named after ``source_files`` and listing them as Sources.
+
+    Parameters
+    ----------
+    output_dir : str
+        Derivatives root (``derivatives/qsmflow``).
+    bids_root : str
+        Raw BIDS root, for the ``bids:raw:`` URIs in Sources.
+    source_files : sequence of str
+        The run's BIDS inputs (every echo's magnitude and phase), absolute paths.
+    qsm_methods : sequence of str
+        Inversion methods whose maps are stored (``desc-<method>_Chimap``).
+    name : str
+        Workflow name.
+
+    Inputs
+    ------
+    brain_mask
+        Brain mask.
+    field_hz
+        Total field, Hz.
+    local_field
+        Local field, ppm.
+    local_mask
+        Voxels where the local field is valid.
+    chi_<method>
+        Susceptibility of each of ``qsm_methods``, ppm.
     """
     wf = pe.Workflow(name=name)
-    fields = ["brain_mask", "field_hz", "local_field", "local_mask"]
-    fields += [f"chi_{m}" for m in qsm_methods]
-    inputnode = pe.Node(niu.IdentityInterface(fields=fields), name="inputnode")
-    args = (output_dir, bids_root, source_file, source_files)
+    common = {"output_dir": output_dir, "bids_root": bids_root, "source_file": source_files}
     sinks = {
-        "brain_mask": _sink("ds_brain_mask", *args, "mask", "brain", meta={"Type": "Brain"}),
-        "field_hz": _sink("ds_field", *args, "fieldmap", "total"),
-        "local_field": _sink("ds_local_field", *args, "fieldmap", "local"),
-        "local_mask": _sink("ds_local_mask", *args, "mask", "vsharp", meta={"Type": "Brain"}),
+        "brain_mask": _datasink(derivative="brain_mask", meta=_BRAIN, **common),
+        "field_hz": _datasink(derivative="field_hz", **common),
+        "local_field": _datasink(derivative="local_field", **common),
+        "local_mask": _datasink(derivative="local_mask", meta=_BRAIN, **common),
     }
-    for m in qsm_methods:
-        sinks[f"chi_{m}"] = _sink(f"ds_chi_{m}", *args, "Chimap", m)
-    for key, node in sinks.items():
-        wf.connect(inputnode, key, node, "in_file")
+    for method in qsm_methods:
+        sinks[f"chi_{method}"] = _datasink(
+            derivative="chi", desc=method, name=f"ds_chi_{method}", **common
+        )
+    inputnode = pe.Node(niu.IdentityInterface(fields=list(sinks)), name="inputnode")
+    # fmt: off
+    wf.connect([(inputnode, sink, [(field, "in_file")]) for field, sink in sinks.items()])
+    # fmt: on
     return wf
 
 
@@ -83,75 +122,84 @@ def init_cosmos_derivatives_wf(
     *,
     output_dir: str,
     bids_root: str,
-    run_source_files: Sequence[str],
-    source_files: Sequence[str],
+    run_sources: Sequence[Sequence[str]],
+    reference_orientation: str,
     training: bool = False,
     name: str = "cosmos_derivatives_wf",
 ) -> pe.Workflow:
-    """Subject-level multi-orientation derivatives (see the module docstring).
+    """Store the multi-orientation derivatives of one subject/session.
 
-    ``run_source_files``: one BIDS file per orientation (reference first) giving the entities.
-    Inputs: chi, mask, local_fields_ref, masks_ref (lists, reference first), transforms,
-    fsl_matrices (lists for orientations 1..N-1) and, with ``training``, patch_dir.
+    COSMOS outputs (and the patch set) are named after every orientation's inputs, so they
+    carry ``sub-``/``ses-`` only; each orientation's field and mask on the reference grid and
+    its transforms are named after that orientation's inputs (one MapNode sink per kind).
+
+    Parameters
+    ----------
+    output_dir, bids_root : str
+        As for :func:`init_derivatives_wf`.
+    run_sources : sequence of sequences of str
+        One list of BIDS inputs per orientation, reference first (absolute paths).
+    reference_orientation : str
+        The reference orientation's label (``acq-ori1``), recorded as ReferenceOrientation.
+    training : bool
+        Also store the training patch set.
+    name : str
+        Workflow name.
+
+    Inputs
+    ------
+    chi
+        COSMOS susceptibility, ppm.
+    mask
+        COSMOS mask.
+    local_fields_ref
+        One per orientation (reference first), ppm on the reference grid.
+    masks_ref
+        One per orientation (reference first), on the reference grid.
+    transforms
+        Rigid transforms (text), one per orientation after the reference.
+    fsl_matrices
+        The same as FLIRT matrices.
+    patch_dir
+        With ``training``: the patch-set folder.
     """
-    if len(run_source_files) < 2:
-        raise ValueError("multi-orientation derivatives need at least 2 orientations")
     wf = pe.Workflow(name=name)
-    fields = ["chi", "mask", "local_fields_ref", "masks_ref", "transforms", "fsl_matrices"]
-    fields += ["patch_dir"] if training else []
-    inputnode = pe.Node(niu.IdentityInterface(fields=fields), name="inputnode")
-    ref = run_source_files[0]
-    ref_label = "_".join(f"{k}-{v}" for k, v in parse_entities(ref).items() if k in ("acq", "run"))
-    drop = ("acq", "run")
-    ds_chi = _sink(
-        "ds_cosmos_chi", output_dir, bids_root, ref, source_files, "Chimap", "cosmos", drop
-    )
-    ds_mask = _sink(
-        "ds_cosmos_mask",
-        output_dir,
-        bids_root,
-        ref,
-        source_files,
-        "mask",
-        "cosmos",
-        drop,
-        meta={"Type": "Brain"},
-    )
-    wf.connect([(inputnode, ds_chi, [("chi", "in_file")]),
-                (inputnode, ds_mask, [("mask", "in_file")])])  # fmt: skip
-    for i, src in enumerate(run_source_files):
-        args = (output_dir, bids_root, src, source_files)
-        for key, suffix in (("local_fields_ref", "fieldmap"), ("masks_ref", "mask")):
-            pick = pe.Node(niu.Select(index=[i]), name=f"select_{key}_{i}")
-            ds = _sink(
-                f"ds_{key}_{i}",
-                *args,
-                suffix,
-                "reference",
-                meta={"ReferenceOrientation": ref_label},
-            )
-            wf.connect([(inputnode, pick, [(key, "inlist")]),
-                        (pick, ds, [("out", "in_file")])])  # fmt: skip
-        if i == 0:
-            continue
-        for key, desc in (("transforms", "rigid"), ("fsl_matrices", "flirt")):
-            pick = pe.Node(niu.Select(index=[i - 1]), name=f"select_{key}_{i}")
-            ds = _sink(
-                f"ds_{key}_{i}", *args, "xfm", desc, meta={"ReferenceOrientation": ref_label}
-            )
-            wf.connect([(inputnode, pick, [(key, "inlist")]),
-                        (pick, ds, [("out", "in_file")])])  # fmt: skip
+    every_input = [f for sources in run_sources for f in sources]
+    common = {"output_dir": output_dir, "bids_root": bids_root}
+    on_reference = {"ReferenceOrientation": reference_orientation}
+    each = {"per_orientation": True, "meta": on_reference, **common}
+    others = run_sources[1:]
+    sinks = {
+        "chi": _datasink(derivative="cosmos_chi", source_file=every_input, **common),
+        "mask": _datasink(derivative="cosmos_mask", source_file=every_input, meta=_BRAIN, **common),
+        "local_fields_ref": _datasink(
+            derivative="reference_field",
+            source_file=run_sources,
+            per_orientation=True,
+            meta={**on_reference, "Units": "ppm"},  # resampling keeps the unit, not records it
+            **common,
+        ),
+        "masks_ref": _datasink(derivative="reference_mask", source_file=run_sources, **each),
+        "transforms": _datasink(derivative="rigid_xfm", source_file=others, **each),
+        "fsl_matrices": _datasink(derivative="flirt_xfm", source_file=others, **each),
+    }
     if training:
-        ds_patches = pe.Node(
+        patches = DERIVATIVES["training_patches"]
+        sinks["patch_dir"] = pe.Node(
             DerivativesDirSink(
-                base_directory=str(output_dir),
-                source_file=str(ref),
-                suffix="patches",
-                desc="training",
-                drop_entities=list(drop),
+                base_directory=output_dir,
+                source_file=every_input,
+                suffix=patches.suffix,
+                desc=patches.desc,
             ),
-            name="ds_patches",
+            name="ds_training_patches",
             run_without_submitting=True,
         )
-        wf.connect(inputnode, "patch_dir", ds_patches, "in_dir")
+    inputnode = pe.Node(niu.IdentityInterface(fields=list(sinks)), name="inputnode")
+    destination = {key: "in_dir" if key == "patch_dir" else "in_file" for key in sinks}
+    # fmt: off
+    wf.connect([
+        (inputnode, sink, [(key, destination[key])]) for key, sink in sinks.items()
+    ])
+    # fmt: on
     return wf

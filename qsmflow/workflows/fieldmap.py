@@ -7,8 +7,9 @@ from collections.abc import Sequence
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from ..interfaces.field import BackgroundRemoval, MergeEchoes, MultiEchoField
+from ..interfaces.fieldmap import BackgroundRemoval, MergeEchoes, MultiEchoField
 from ..interfaces.masking import BrainMask
+from ..physics.bgremove import DECONVOLUTIONS, DEFAULT_THRESHOLD
 
 
 def init_fieldmap_wf(
@@ -20,42 +21,66 @@ def init_fieldmap_wf(
     phase_units: str = "auto",
     unwrapping: str = "auto",
     radii_mm: Sequence[float] | None = None,
-    threshold: float = 0.05,
-    deconvolution: str = "per_radius",
+    threshold: float = DEFAULT_THRESHOLD,
+    deconvolution: str = DECONVOLUTIONS[0],
     name: str = "fieldmap_wf",
 ) -> pe.Workflow:
     """Build the per-run field-map workflow.
 
-    Steps: stack echoes (phase scaled to rad) -> brain mask from the first-echo magnitude
-    (FSL BET or the Python backend) -> multi-echo fit with spatial unwrapping (field in Hz)
-    -> V-SHARP (local field in ppm of B0 and its eroded mask).
+    Stacks the echoes (phase scaled to rad), makes a brain mask from the first-echo magnitude
+    (FSL BET or the Python backend), fits the field in Hz from all echoes with spatial
+    unwrapping, and removes the background field with V-SHARP, giving the local field in ppm
+    of B0 and its eroded mask. Choices such as ``"auto"`` are resolved by the steps, which
+    record the effective values in the sidecars.
 
     Parameters
     ----------
-    echo_times : echo times in seconds, one per echo, increasing.
-    field_strength : B0 in tesla.
-    mask_backend : ``"auto"``, ``"fsl"`` or ``"python"``.
-    mask_frac : BET fractional intensity threshold (FSL only).
-    phase_units : ``"auto"``, ``"rad"``, ``"siemens"`` or ``"siemens-raw"``.
-    unwrapping : ``"auto"`` (``"temporal"`` with two or more echoes, else ``"laplacian"``),
-        ``"laplacian"``, ``"lsq"`` or ``"temporal"``. Temporal unwrapping is the default for
-        multi-echo data because it is far more accurate on noisy data with a receiver phase
-        offset: on the 2 mm head-model simulation (SNR 100, 4 echoes, python brain mask) the
-        V-SHARP local field's NRMSE against the truth is 60 % with it and 103 % with
-        per-echo Laplacian unwrapping (the bound with the true total field is 59 %).
-    radii_mm, threshold, deconvolution : V-SHARP settings (None radii: 12..1 mm).
+    echo_times : sequence of float
+        Echo times, seconds, one per echo, increasing.
+    field_strength : float
+        B0, tesla.
+    mask_backend : str
+        ``"auto"``, ``"fsl"`` or ``"python"`` (see :data:`qsmflow.backends.BACKENDS`).
+    mask_frac : float
+        BET fractional intensity threshold (FSL only).
+    phase_units : str
+        One of :data:`qsmflow.physics.validation.PHASE_UNITS`.
+    unwrapping : str
+        One of :data:`qsmflow.physics.multiecho.UNWRAPPING_METHODS`; ``"auto"`` is temporal
+        with two or more echoes, else laplacian.
+    radii_mm : sequence of float or None
+        V-SHARP radii, mm; None: 12..1 mm less single-voxel spheres.
+    threshold : float
+        V-SHARP deconvolution threshold.
+    deconvolution : str
+        One of :data:`qsmflow.physics.bgremove.DECONVOLUTIONS`.
+    name : str
+        Workflow name.
 
     Inputs
     ------
-    phase_files, magnitude_files : one 3-D NIfTI per echo, in echo order.
+    phase_files
+        One 3-D NIfTI per echo, in echo order.
+    magnitude_files
+        One 3-D NIfTI per echo, in echo order.
 
     Outputs
     -------
-    magnitude : 4-D magnitude; magnitude_echo1 : 3-D first echo; brain_mask; field_hz;
-    local_field : ppm; local_mask : eroded mask; mask_backend : backend that made the mask.
+    magnitude
+        4-D magnitude, echoes last.
+    magnitude_echo1
+        3-D first-echo magnitude.
+    brain_mask
+        Brain mask (uint8).
+    field_hz
+        Total field, Hz.
+    local_field
+        Local field, ppm of B0.
+    local_mask
+        Eroded mask of valid local-field voxels (uint8).
+    mask_backend
+        Backend that made the brain mask.
     """
-    if unwrapping == "auto":
-        unwrapping = "temporal" if len(echo_times) > 1 else "laplacian"
     wf = pe.Workflow(name=name)
     inputnode = pe.Node(
         niu.IdentityInterface(fields=["phase_files", "magnitude_files"]), name="inputnode"
@@ -82,13 +107,12 @@ def init_fieldmap_wf(
     )
     bgremove = pe.Node(
         BackgroundRemoval(
-            field_strength=field_strength,
-            radii_mm=None if radii_mm is None else list(radii_mm),
-            threshold=threshold,
-            deconvolution=deconvolution,
+            field_strength=field_strength, threshold=threshold, deconvolution=deconvolution
         ),
         name="vsharp",
     )
+    if radii_mm is not None:
+        bgremove.inputs.radii_mm = list(radii_mm)
     # fmt: off
     wf.connect([
         (inputnode, merge_phase, [("phase_files", "in_files")]),

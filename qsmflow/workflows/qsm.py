@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -22,14 +21,34 @@ def init_qsm_wf(
     options: Mapping[str, Mapping[str, Any]] | None = None,
     name: str = "qsm_wf",
 ) -> pe.Workflow:
-    """One inversion node per method (``tkd``, ``tsvd``, ``cfl2``, ``ndi``, ``star``,
-    ``isdu``).
+    """Build the single-orientation inversion workflow: one node per method.
 
-    Inputs: ``local_field`` (ppm; B0 direction from its affine) and ``mask``.
-    Outputs: ``chi_<method>`` for every method (ppm).
+    Every method inverts the same local field inside the same mask; the B0 direction comes
+    from the field's affine. The inversion step checks each method's options (and fills in
+    their defaults); a relative ISDU ``weights`` path must already be absolute here
+    (:func:`qsmflow.config.config_from_dict` makes it so), since nodes run in their own
+    folders. ISDU-QSMNet nodes announce :data:`ISDU_NODE_MEM_GB` to the scheduler.
 
-    ``options["isdu"]`` (see qsmflow.config.ISDU_OPTIONS) is checked here; a relative
-    ``weights`` path is made absolute (from the current directory) since nodes run elsewhere.
+    Parameters
+    ----------
+    methods : sequence of str
+        Inversion methods, from :data:`qsmflow.steps.inversion.INVERSION_METHODS`.
+    options : mapping of str to mapping, optional
+        Keyword options per method, e.g. ``{"tkd": {"threshold": 0.15}}``.
+    name : str
+        Workflow name.
+
+    Inputs
+    ------
+    local_field
+        Local field, ppm of B0.
+    mask
+        Mask of valid local-field voxels.
+
+    Outputs
+    -------
+    chi_<method>
+        Susceptibility, ppm, one per method.
     """
     options = options or {}
     wf = pe.Workflow(name=name)
@@ -38,17 +57,10 @@ def init_qsm_wf(
         niu.IdentityInterface(fields=[f"chi_{m}" for m in methods]), name="outputnode"
     )
     for method in methods:
-        opts = dict(options.get(method, {}))
-        if method == "isdu":
-            from ..config import check_isdu_options
-
-            opts = check_isdu_options(opts)
-            if opts.get("weights"):
-                opts["weights"] = os.path.abspath(os.fspath(opts["weights"]))
         resources = {"mem_gb": ISDU_NODE_MEM_GB} if method == "isdu" else {}
-        node = pe.Node(
-            DipoleInversion(method=method, options=opts), name=f"invert_{method}", **resources
-        )
+        node = pe.Node(DipoleInversion(method=method), name=f"invert_{method}", **resources)
+        if method in options:
+            node.inputs.options = dict(options[method])
         # fmt: off
         wf.connect([
             (inputnode, node, [("local_field", "local_field"), ("mask", "mask")]),

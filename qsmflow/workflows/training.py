@@ -6,25 +6,53 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from ..interfaces.patches import TrainingPatches
+from ..training.patch_grid import MIN_MASK_FRACTION, PATCH_SIZE, STRIDE
 
 
 def init_training_data_wf(
     *,
-    patch_size: int = 64,
-    stride: int = 32,
-    min_mask_fraction: float = 0.125,
+    patch_size: int = PATCH_SIZE,
+    stride: int = STRIDE,
+    min_mask_fraction: float = MIN_MASK_FRACTION,
     name: str = "training_data_wf",
 ) -> pe.Workflow:
     """Cut the training pairs of one subject into ``patch_size``^3 patches.
 
-    One training pair per orientation: input = that orientation's local field on the reference
-    grid (ppm) with its B0 direction in reference array axes, target = COSMOS chi (ppm).
-    Patches lie on a grid with ``stride`` voxels; a patch is kept when more than
-    ``min_mask_fraction`` of it is inside the COSMOS mask. On-disk format:
-    :mod:`qsmflow.training.patches`.
+    One node (:class:`~qsmflow.interfaces.patches.TrainingPatches`, the step
+    :func:`~qsmflow.steps.patches.training_patches`): one training pair per orientation, input
+    = that orientation's local field on the reference grid with its B0 direction, target =
+    COSMOS chi. On-disk format: :mod:`qsmflow.training.patch_store`.
 
-    Inputs: local_fields_ref (list), chi, mask, b0_dirs (flat, 3 per orientation),
-    source_files. Outputs: patch_dir, count.
+    Parameters
+    ----------
+    patch_size : int
+        Patch edge, voxels.
+    stride : int
+        Step of the patch grid, voxels.
+    min_mask_fraction : float
+        A patch is kept when more than this fraction of it is inside the COSMOS mask.
+    name : str
+        Workflow name.
+
+    Inputs
+    ------
+    local_fields_ref
+        One per orientation, ppm, on the reference (COSMOS) grid.
+    chi
+        COSMOS susceptibility, ppm.
+    mask
+        COSMOS mask.
+    b0_dirs
+        One unit 3-vector per orientation, reference array axes.
+    source_files
+        Raw inputs, recorded as Sources in ``patches.json``.
+
+    Outputs
+    -------
+    patch_dir
+        The ``qsmflow-patches`` folder.
+    count
+        Number of patches, all orientations.
     """
     wf = pe.Workflow(name=name)
     inputnode = pe.Node(

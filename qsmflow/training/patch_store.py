@@ -1,17 +1,6 @@
-"""Training patches: a regular patch grid, patch extraction and the on-disk patch-set format.
+"""The on-disk training patch-set format ``qsmflow-patches``: writer and checked reader.
 
-numpy only (no torch import), pure functions apart from the writer/reader of the folder.
-
-Patch grid (LPCNN style, isdu_qsmnet_spec.md section 8)
--------------------------------------------------------
-Along each axis of length ``n`` the patch starts are ``0, stride, 2*stride, ...`` as long as the
-patch fits, and a last start ``n - patch_size`` is added (clamped) so that the final patch ends
-exactly at the edge; the grid therefore covers every voxel when ``stride <= patch_size``. An
-axis shorter than the patch has the single start 0 and its patches are zero-padded at the high
-end (those padded voxels count as outside the mask). Of the Cartesian product of the starts,
-only patches whose mask fraction ``mask voxels in the patch / patch_size**3`` is strictly
-greater than ``min_mask_fraction`` are kept (default 1/8, i.e. LPCNN's ``mask sum > 32768`` for
-64^3 patches).
+numpy only (no torch import). The patch grid is :mod:`qsmflow.training.patch_grid`.
 
 On-disk format ``qsmflow-patches`` version 1
 ---------------------------------------------
@@ -46,24 +35,22 @@ integers), ``b0_dirs`` (K unit vectors), ``files`` (name -> shape and dtype),
 over the mask voxels of all N patches, computed in float64; a voxel covered by several patches
 counts once per patch), ``sources`` (free-form provenance dict) and ``created_by``.
 
-Writing is atomic: everything goes into a hidden temporary sibling folder
-(``.<name>.tmp-XXXX``), which is renamed to the final name only when complete; on any error it
-is removed. Patches are extracted and appended to the files a few at a time, so memory
-stays far below the size of the set. An existing empty folder is simply
-replaced; an existing non-empty one only with ``overwrite=True``: the old folder is first
-renamed aside (``.<name>.old-XXXX``), the new one renamed in, and the old one deleted, so a
-reader sees either the complete old set or the complete new set (or, for an instant, no folder),
-never a half-written one. A process killed outright (SIGKILL, power loss) can leave a hidden
-``.tmp-`` folder behind; it is never mistaken for a patch set and may be deleted.
+Writing is atomic (:func:`qsmflow.io.atomic.atomic_dir`): everything goes into a hidden
+temporary sibling folder (``.tmp-XXXX``), which becomes the final folder only when complete; on
+any error it is removed. Patches are extracted and appended to the files a few at a time, so
+memory stays far below the size of the set. An existing empty folder is simply replaced; an
+existing non-empty one only with ``overwrite=True``: the old folder is first renamed aside, the
+new one renamed in, and the old one deleted, so a reader sees either the complete old set or the
+complete new set (or, for an instant, no folder), never a half-written one. A process killed
+outright (SIGKILL, power loss) can leave a hidden ``.tmp-`` folder behind; it is never mistaken
+for a patch set and may be deleted.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,7 +58,18 @@ from typing import Any
 import numpy as np
 
 from ..errors import QSMInputError
+from ..io.atomic import atomic_dir
 from ..io.nifti import write_json
+from .patch_grid import (
+    MIN_MASK_FRACTION,
+    MIN_PATCH_SIZE,
+    PATCH_SIZE,
+    STRIDE,
+    RunningStats,
+    check_grid_params,
+    extract_patches,
+    patch_origins,
+)
 
 FORMAT_NAME = "qsmflow-patches"
 FORMAT_VERSION = 1
@@ -96,222 +94,13 @@ _UNITS = {
     "origin": "voxel index of the patch corner in the reference grid",
 }
 
-_MIN_PATCH_SIZE = 8
 _CHUNK = 8  # patches extracted at a time while writing (bounds memory to ~8 MiB per 64^3 array)
 
 
-# --------------------------------------------------------------------------------------------
-# grid and extraction
-# --------------------------------------------------------------------------------------------
-
-
-def _check_shape(shape: Sequence[int], name: str = "shape") -> tuple[int, int, int]:
-    try:
-        out = tuple(int(s) for s in shape)
-    except (TypeError, ValueError) as exc:
-        raise QSMInputError(f"{name} must be 3 integers, got {shape!r}") from exc
-    if len(out) != 3 or any(s < 1 for s in out):
-        raise QSMInputError(f"{name} must be 3 positive integers, got {tuple(shape)!r}")
-    return out  # type: ignore[return-value]
-
-
-def _check_grid_params(patch_size: int, stride: int, min_mask_fraction: float) -> None:
-    if isinstance(patch_size, bool) or int(patch_size) != patch_size:
-        raise QSMInputError(f"patch_size must be an integer, got {patch_size!r}")
-    if patch_size < _MIN_PATCH_SIZE:
-        raise QSMInputError(f"patch_size must be >= {_MIN_PATCH_SIZE}, got {patch_size}")
-    if isinstance(stride, bool) or int(stride) != stride:
-        raise QSMInputError(f"stride must be an integer, got {stride!r}")
-    if not 1 <= stride <= patch_size:
-        raise QSMInputError(
-            f"stride must be in [1, patch_size={patch_size}] so the grid covers the volume, "
-            f"got {stride}"
-        )
-    mmf = float(min_mask_fraction)
-    if not (np.isfinite(mmf) and 0.0 <= mmf < 1.0):
-        raise QSMInputError(f"min_mask_fraction must be in [0, 1), got {min_mask_fraction!r}")
-
-
-def axis_starts(n: int, patch_size: int, stride: int) -> np.ndarray:
-    """Patch start indices along one axis of length ``n`` (voxels), ascending, unique.
-
-    ``0, stride, ...`` while ``start + patch_size <= n``, plus the clamped last start
-    ``n - patch_size``; ``[0]`` when ``n <= patch_size`` (the patch is zero-padded).
-    """
-    if n <= patch_size:
-        return np.zeros(1, dtype=np.int64)
-    last = n - patch_size
-    starts = np.arange(0, last + 1, stride, dtype=np.int64)
-    if starts[-1] != last:
-        starts = np.append(starts, last)
-    return starts
-
-
-def _window_sums(a: np.ndarray, axis: int, starts: np.ndarray, patch_size: int) -> np.ndarray:
-    """Sums of ``a`` over ``[s, min(s + P, n))`` along ``axis`` for each start ``s``."""
-    n = a.shape[axis]
-    c = np.cumsum(a, axis=axis, dtype=np.int64)
-    pad = [(0, 0)] * a.ndim
-    pad[axis] = (1, 0)
-    c = np.pad(c, pad)
-    ends = np.minimum(starts + patch_size, n)
-    return np.take(c, ends, axis=axis) - np.take(c, starts, axis=axis)
-
-
-def mask_fractions(mask: np.ndarray, origins: np.ndarray, patch_size: int) -> np.ndarray:
-    """Fraction of each patch's ``patch_size**3`` voxels inside ``mask`` (padding counts as out).
-
-    ``mask``: 3-D array (non-zero = inside); ``origins``: (N, 3) patch corners. Returns (N,)
-    float64.
-    """
-    m = np.asarray(mask) != 0
-    origins = _check_origins(origins, m.shape)
-    counts = np.empty(len(origins), dtype=np.int64)
-    for i, o in enumerate(origins):
-        sl = tuple(slice(int(a), int(a) + patch_size) for a in o)
-        counts[i] = np.count_nonzero(m[sl])
-    return counts / float(patch_size) ** 3
-
-
-def patch_origins(
-    shape: Sequence[int],
-    patch_size: int = 64,
-    stride: int = 32,
-    mask: np.ndarray | None = None,
-    min_mask_fraction: float = 0.125,
-) -> np.ndarray:
-    """Corners of the patches of a regular grid over a volume of ``shape`` (voxels).
-
-    The grid is the Cartesian product of :func:`axis_starts` along the three axes, in C order
-    (axis 0 slowest). Axes shorter than ``patch_size`` get the single start 0; those patches
-    must be zero-padded on extraction (:func:`extract_patches` does so). With a ``mask`` (same
-    shape; non-zero = inside) only patches whose mask fraction (mask voxels / ``patch_size**3``,
-    padded voxels counting as outside) is strictly greater than ``min_mask_fraction`` are
-    kept; ``min_mask_fraction=0`` keeps every patch touching the mask. Without a mask all grid
-    patches are returned.
-
-    Returns an (N, 3) int64 array of voxel indices (possibly N = 0).
-    """
-    shape = _check_shape(shape)
-    _check_grid_params(patch_size, stride, min_mask_fraction)
-    patch_size, stride = int(patch_size), int(stride)
-    starts = [axis_starts(n, patch_size, stride) for n in shape]
-    grid = np.stack(np.meshgrid(*starts, indexing="ij"), axis=-1).reshape(-1, 3)
-    if mask is None:
-        return grid
-    m = np.asarray(mask)
-    if m.shape != shape:
-        raise QSMInputError(f"mask grid {m.shape} does not match the volume shape {shape}")
-    if m.dtype != bool:
-        if np.issubdtype(m.dtype, np.floating) and not np.all(np.isfinite(m)):
-            raise QSMInputError("mask contains NaN/inf")
-        m = m != 0
-    # separable box sums evaluated only at the grid starts: (n0, n1, n2) counts
-    sums = m.astype(np.uint8)
-    for axis in range(3):
-        sums = _window_sums(sums, axis, starts[axis], patch_size)
-    fractions = sums.reshape(-1) / float(patch_size) ** 3
-    return grid[fractions > float(min_mask_fraction)]
-
-
-def _check_origins(origins: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    o = np.asarray(origins)
-    if o.ndim != 2 or o.shape[1] != 3:
-        raise QSMInputError(f"origins must have shape (N, 3), got {o.shape}")
-    if o.size and not np.issubdtype(o.dtype, np.integer):
-        if not np.all(np.isfinite(o)) or np.any(o != np.round(o)):
-            raise QSMInputError("origins must be integer voxel indices")
-    o = o.astype(np.int64)
-    if o.size and (np.any(o < 0) or np.any(o >= np.asarray(shape))):
-        raise QSMInputError(f"origins must lie inside the volume {tuple(shape)}")
-    return o
-
-
-def extract_patches(volume: np.ndarray, origins: np.ndarray, patch_size: int) -> np.ndarray:
-    """Cubes ``volume[o0:o0+P, o1:o1+P, o2:o2+P]`` for each origin, zero-padded past the edge.
-
-    ``volume``: 3-D array (any dtype, kept); ``origins``: (N, 3) integer voxel indices inside
-    the volume; returns (N, P, P, P) with the dtype of ``volume`` (voxels beyond the volume are
-    0).
-    """
-    vol = np.asarray(volume)
-    if vol.ndim != 3:
-        raise QSMInputError(f"volume must be 3-D, got shape {vol.shape}")
-    if isinstance(patch_size, bool) or int(patch_size) != patch_size or patch_size < 1:
-        raise QSMInputError(f"patch_size must be a positive integer, got {patch_size!r}")
-    p = int(patch_size)
-    o = _check_origins(origins, vol.shape)
-    out = np.zeros((len(o), p, p, p), dtype=vol.dtype)
-    for i, (a, b, c) in enumerate(o):
-        sub = vol[a : a + p, b : b + p, c : c + p]
-        out[i, : sub.shape[0], : sub.shape[1], : sub.shape[2]] = sub
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# statistics
-# --------------------------------------------------------------------------------------------
-
-
-class _RunningStats:
-    """Mean and population variance over chunks (Chan et al. pairwise update, float64)."""
-
-    def __init__(self) -> None:
-        self.n = 0
-        self.mean = 0.0
-        self.m2 = 0.0
-
-    def add(self, values: np.ndarray, mask: np.ndarray) -> None:
-        x = np.asarray(values)[np.asarray(mask) != 0].astype(np.float64)
-        nb = x.size
-        if nb == 0:
-            return
-        mb = float(x.mean())
-        m2b = float(np.sum((x - mb) ** 2))
-        n = self.n + nb
-        delta = mb - self.mean
-        self.mean += delta * nb / n
-        self.m2 += m2b + delta * delta * self.n * nb / n
-        self.n = n
-
-    def result(self) -> dict[str, float | int]:
-        if self.n == 0:
-            raise QSMInputError("no mask voxel to compute normalisation statistics over")
-        return {"mean": self.mean, "std": float(np.sqrt(self.m2 / self.n)), "count": self.n}
-
-
-def normalisation_stats(
-    values: np.ndarray | Iterable[np.ndarray], mask: np.ndarray | Iterable[np.ndarray]
-) -> dict[str, float | int]:
-    """Mean and population std (ddof 0) of ``values`` over voxels where ``mask`` is non-zero.
-
-    ``values`` and ``mask`` are arrays of equal shape, or equally long iterables of such arrays
-    (chunks, combined exactly). Computed in float64; units those of ``values``. Returns
-    ``{"mean", "std", "count"}``; raises :class:`QSMInputError` when no voxel is selected.
-    """
-    if isinstance(values, np.ndarray) or isinstance(mask, np.ndarray):
-        pairs: Iterable[tuple[Any, Any]] = [(values, mask)]
-    else:
-        pairs = zip(values, mask, strict=True)
-    acc = _RunningStats()
-    for v, m in pairs:
-        v, m = np.asarray(v), np.asarray(m)
-        if v.shape != m.shape:
-            raise QSMInputError(f"values {v.shape} and mask {m.shape} differ in shape")
-        acc.add(v, m)
-    return acc.result()
-
-
-# --------------------------------------------------------------------------------------------
-# writing
-# --------------------------------------------------------------------------------------------
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.ndarray):
+def _plain(o: Any) -> Any:
+    """JSON fallback: numpy arrays and scalars as Python values, paths as strings."""
+    if isinstance(o, (np.ndarray, np.generic)):
         return o.tolist()
-    if isinstance(o, np.generic):
-        return o.item()
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
@@ -387,19 +176,6 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
 class _NpyStream:
     """Write the (N, P, P, P) voxel arrays row block by row block into ``.npy`` files.
 
@@ -444,10 +220,10 @@ class _NpyStream:
                     raise RuntimeError(f"{name}.npy: wrote {self.rows[name]} rows")
 
 
-def _check_target(target: Path, overwrite: bool) -> bool:
-    """Return True when ``target`` exists and must be replaced."""
+def _check_target(target: Path, overwrite: bool) -> None:
+    """Refuse a target that is not a folder, or a non-empty one without ``overwrite``."""
     if not target.exists() and not target.is_symlink():
-        return False
+        return
     if not target.is_dir() or target.is_symlink():
         raise QSMInputError(
             "exists and is not a patch-set folder; refusing to replace it", str(target)
@@ -457,7 +233,6 @@ def _check_target(target: Path, overwrite: bool) -> bool:
             raise QSMInputError(
                 "patch set already exists; pass overwrite=True to replace it", str(target)
             )
-    return True
 
 
 def write_patch_set(
@@ -468,9 +243,9 @@ def write_patch_set(
     mask: np.ndarray,
     b0_dirs: np.ndarray | Sequence[Sequence[float]],
     voxel_size: float | Sequence[float],
-    patch_size: int = 64,
-    stride: int = 32,
-    min_mask_fraction: float = 0.125,
+    patch_size: int = PATCH_SIZE,
+    stride: int = STRIDE,
+    min_mask_fraction: float = MIN_MASK_FRACTION,
     sources: dict[str, Any] | None = None,
     overwrite: bool = False,
 ) -> dict[str, Any]:
@@ -489,17 +264,17 @@ def write_patch_set(
     Raises :class:`QSMInputError` on invalid input or when no patch passes the mask filter.
     """
     target = Path(directory)
-    _check_grid_params(patch_size, stride, min_mask_fraction)
+    check_grid_params(patch_size, stride, min_mask_fraction)
     patch_size, stride = int(patch_size), int(stride)
     vox = _check_voxel_size(voxel_size)
     if sources is not None and not isinstance(sources, dict):
         raise QSMInputError(f"sources must be a dict or None, got {type(sources).__name__}")
     try:
-        json.dumps(sources or {}, default=_json_default)
+        json.dumps(sources or {}, default=_plain)
     except (TypeError, ValueError) as exc:
         raise QSMInputError(f"sources is not JSON-serialisable ({exc})") from exc
     fields, chi, m, b0 = _validate_pair_inputs(field_ppm, chi_ppm, mask, b0_dirs)
-    replace = _check_target(target, overwrite)
+    _check_target(target, overwrite)
 
     origins = patch_origins(chi.shape, patch_size, stride, m, min_mask_fraction)
     if len(origins) == 0:
@@ -511,9 +286,7 @@ def write_patch_set(
     count = k_or * n
     p = patch_size
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+    with atomic_dir(target, fsync=True) as tmp:
         shapes = {
             "field": (count, p, p, p),
             "chi": (count, p, p, p),
@@ -522,7 +295,7 @@ def write_patch_set(
             "orientation": (count,),
             "origin": (count, 3),
         }
-        field_stats, chi_stats = _RunningStats(), _RunningStats()
+        field_stats, chi_stats = RunningStats(), RunningStats()
         # stream the voxel arrays with plain sequential writes (no memmap: dirty mapped pages
         # would count as resident memory); rows are orientation-major
         with _NpyStream(tmp, shapes) as out:
@@ -573,13 +346,8 @@ def write_patch_set(
             "sources": sources or {},
             "created_by": _created_by(),
         }
-        write_json(tmp / META_FILE, json.loads(json.dumps(meta, default=_json_default)))
+        write_json(tmp / META_FILE, json.loads(json.dumps(meta, default=_plain)))
         _fsync_file(tmp / META_FILE)
-        _fsync_dir(tmp)
-        _install(tmp, target, replace)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return meta
 
 
@@ -589,29 +357,6 @@ def _created_by() -> str:
     except ImportError:  # pragma: no cover
         __version__ = "unknown"
     return f"qsmflow {__version__}"
-
-
-def _install(tmp: Path, target: Path, replace: bool) -> None:
-    """Rename the finished ``tmp`` folder to ``target``, moving an old ``target`` aside first."""
-    if not replace:
-        os.rename(tmp, target)
-        _fsync_dir(target.parent)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-    os.rmdir(old)  # only reserve a unique name
-    os.rename(target, old)
-    try:
-        os.rename(tmp, target)
-    except BaseException:
-        os.rename(old, target)  # put the previous set back
-        raise
-    _fsync_dir(target.parent)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-# --------------------------------------------------------------------------------------------
-# reading
-# --------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -695,7 +440,7 @@ def _read_meta(folder: Path) -> dict[str, Any]:
             raise QSMInputError(f"{key} must be an integer >= {lo}, got {v!r}", src)
         return v
 
-    _int("patch_size", _MIN_PATCH_SIZE)
+    _int("patch_size", MIN_PATCH_SIZE)
     _int("stride", 1)
     _int("count", 1)
     k = _int("n_orientations", 1)

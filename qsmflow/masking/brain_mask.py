@@ -48,10 +48,14 @@ from scipy import ndimage
 
 from ..errors import QSMInputError
 from ..physics.kernel import check_voxel_size
+from ..physics.masks import dilate_mm, erode_mm
 
 __all__ = ["brain_mask", "otsu_threshold"]
 
 log = logging.getLogger(__name__)
+
+#: Voxel size of the isotropic working grid in its own units: morphology there is in voxels.
+_UNIT_VOXEL = (1.0, 1.0, 1.0)
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
@@ -74,21 +78,6 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     between = between[:-1]
     best = np.nonzero(between >= between.max() * (1 - 1e-9))[0]  # ties: middle of the gap
     return float(0.5 * (edges[best[0] + 1] + edges[best[-1] + 1]))
-
-
-def _erode(mask: np.ndarray, r_vox: float) -> np.ndarray:
-    """Erode by a ball of ``r_vox`` voxels (isotropic grid; the array border is outside)."""
-    if r_vox <= 0:
-        return mask.copy()
-    d = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1, 1:-1]
-    return d > r_vox
-
-
-def _dilate(mask: np.ndarray, r_vox: float) -> np.ndarray:
-    """Dilate by a ball of ``r_vox`` voxels (isotropic grid)."""
-    if r_vox <= 0:
-        return mask.copy()
-    return ndimage.distance_transform_edt(~mask) <= r_vox
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:
@@ -208,7 +197,7 @@ def brain_mask(
     opened: list[np.ndarray] = []
     for r in radii:
         lab, _ = ndimage.label(depth > r / work_voxel_mm)
-        opened.append(_dilate(lab == lab[seed], r / work_voxel_mm) & fg)
+        opened.append(dilate_mm(lab == lab[seed], r / work_voxel_mm, _UNIT_VOXEL) & fg)
     if opened:
         vol = np.array([o.sum() for o in opened], dtype=np.float64)
         ratio = vol[1:] / np.maximum(vol[:-1], 1)
@@ -228,7 +217,8 @@ def brain_mask(
     if close_mm > 0:
         r_close = close_mm / work_voxel_mm
         pad = int(np.ceil(r_close)) + 1
-        closed = _erode(_dilate(np.pad(brain, pad), r_close), r_close)
+        dilated = dilate_mm(np.pad(brain, pad), r_close, _UNIT_VOXEL)
+        closed = erode_mm(dilated, r_close, _UNIT_VOXEL)
         brain = closed[pad:-pad, pad:-pad, pad:-pad]
         brain = ndimage.binary_fill_holes(brain)
 
@@ -320,13 +310,13 @@ def _strip_csf(mask, image, vox, csf_ratio, open_mm, close_mm, dark_ratio, min_s
         sizes = np.bincount(lab.ravel())
         sizes[0] = 0
         core = lab == int(np.argmax(sizes))
-    kept = (ndimage.distance_transform_edt(~core, sampling=vox) <= open_mm) & tissue
+    kept = dilate_mm(core, open_mm, vox) & tissue
     kept = ndimage.binary_fill_holes(_largest_component(kept))
     if close_mm > 0:
         pad = int(np.ceil(close_mm / vox.min())) + 1
         padded = np.pad(kept, pad)
-        dil = ndimage.distance_transform_edt(~padded, sampling=vox) <= close_mm
-        kept = (_depth(dil, vox) > close_mm)[pad:-pad, pad:-pad, pad:-pad]
+        closed = erode_mm(dilate_mm(padded, close_mm, vox), close_mm, vox)
+        kept = closed[pad:-pad, pad:-pad, pad:-pad]
         kept = ndimage.binary_fill_holes(kept)
     kept &= mask
     if kept.sum() < 0.6 * mask.sum():  # implausible loss (bias field, odd contrast): keep all

@@ -1,0 +1,149 @@
+"""Single-orientation dipole inversion step: local field (ppm) -> susceptibility (ppm).
+
+``qsmflow invert`` and the pipeline's ``DipoleInversion`` node call :func:`invert_file`.
+Methods: those of :data:`qsmflow.physics.inversion.METHODS` (options and defaults from
+:func:`qsmflow.physics.inversion.method_options`) and ``"isdu"``, the ISDU-QSMNet network
+(options :data:`ISDU_OPTIONS`, keywords of :func:`qsmflow.models.inference.invert_isdu`).
+The B0 direction (unit vector in array axes) comes from the field's affine unless given.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import QSMInputError
+from ..io.nifti import load_volume, save_volume
+from ..physics.inversion import METHODS, invert, methods_taking, resolve_options
+from ..physics.kernel import normalise_b0_dir
+from ..physics.validation import check_finite, check_same_grid
+from . import StepResult, sources
+from .fieldmap import load_field_and_mask
+
+#: Every inversion method: the physics ones and the ISDU-QSMNet network.
+INVERSION_METHODS = (*METHODS, "isdu")
+
+#: Options of the ``isdu`` inversion (keywords of qsmflow.models.inference.invert_isdu):
+#: weights (checkpoint file; default: the shipped qsmflow/data/isdu_default.pt), iterations
+#: (K), shared_weights (bool), device (auto, cpu, cuda), tile_size (voxels), halo (voxels).
+ISDU_OPTIONS = ("weights", "iterations", "shared_weights", "device", "tile_size", "halo")
+
+#: Torch devices the ``isdu`` inversion accepts.
+ISDU_DEVICES = ("auto", "cpu", "cuda")
+
+#: Value of the dipole kernel at k = 0 used by the physics methods (ISDU-QSMNet uses 1/3 and
+#: records it through qsmflow.models.inference.isdu_sidecar).
+KERNEL_K0 = 0.0
+
+
+def check_isdu_options(options: Any, source: str | None = None) -> dict[str, Any]:
+    """Return the ``isdu`` options as a dict; unknown keys or bad values raise QSMInputError
+    naming ``source`` (e.g. the preset file)."""
+    if not isinstance(options, Mapping):
+        raise QSMInputError("inversion.options.isdu must be a table", source)
+    opts = dict(options)
+    unknown = sorted(set(opts) - set(ISDU_OPTIONS))
+    if unknown:
+        raise QSMInputError(
+            f"unknown isdu option(s) {', '.join(unknown)}; known: {', '.join(ISDU_OPTIONS)}",
+            source,
+        )
+    for key in ("iterations", "tile_size", "halo"):
+        value = opts.get(key)
+        low = 0 if key == "halo" else 1
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise QSMInputError(f"isdu option {key} must be an integer, got {value!r}", source)
+        if value is not None and value < low:
+            raise QSMInputError(f"isdu option {key} must be >= {low}, got {value}", source)
+    if opts.get("shared_weights") is not None and not isinstance(opts["shared_weights"], bool):
+        raise QSMInputError("isdu option shared_weights must be true or false", source)
+    if opts.get("device", "auto") not in ISDU_DEVICES:
+        raise QSMInputError(
+            f"isdu option device must be auto, cpu or cuda, got {opts['device']!r}", source
+        )
+    if opts.get("weights") is not None and not isinstance(opts["weights"], (str, os.PathLike)):
+        raise QSMInputError("isdu option weights must be a file path", source)
+    return opts
+
+
+def _isdu(
+    field: np.ndarray,
+    mask: np.ndarray,
+    voxel_size: Sequence[float],
+    b0_dir: Sequence[float],
+    options: Mapping[str, Any],
+    float64: bool,
+) -> tuple[np.ndarray, dict[str, Any], dict[str, Any]]:
+    """Run ISDU-QSMNet; returns chi (ppm), the effective options and the sidecar entries."""
+    from ..models.inference import apply_thread_env, invert_isdu, isdu_sidecar
+
+    opts = check_isdu_options(options)
+    apply_thread_env()
+    chi, info = invert_isdu(field, mask, voxel_size, b0_dir, float64=float64, **opts)
+    keys = ("weights", "iterations", "shared_weights", "device", "tile_size", "halo")
+    used = {key: info[key] for key in (*keys, "pad_multiple")}
+    return chi, {**used, "float64": float64}, isdu_sidecar(info)
+
+
+def invert_file(
+    field: str | os.PathLike,
+    mask: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    method: str = "tkd",
+    options: Mapping[str, Any] | None = None,
+    b0_dir: Sequence[float] | None = None,
+    weights_image: str | os.PathLike | None = None,
+    float64: bool = False,
+) -> StepResult:
+    """Invert the local field ``field`` (3-D, ppm of B0) inside ``mask`` to susceptibility.
+
+    ``method`` is one of :data:`INVERSION_METHODS`; ``options`` are its keyword options
+    (physics methods: :func:`qsmflow.physics.inversion.method_options`; ``isdu``:
+    :data:`ISDU_OPTIONS`); an option the method does not take is an error. ``b0_dir`` (array
+    axes) overrides the direction from the affine. ``weights_image`` (NDI only): data weights,
+    e.g. the magnitude. ``float64`` computes in float64 and writes float64. Writes chi (ppm, 0
+    outside the mask) to ``output``. Value ``b0_dir``: the unit B0 direction used.
+    """
+    if method not in INVERSION_METHODS:
+        raise QSMInputError(
+            f"unknown inversion method {method!r}; choose from {', '.join(INVERSION_METHODS)}"
+        )
+    vol, mask_arr = load_field_and_mask(field, mask)
+    data = check_finite(vol.data, "local field", vol.path, mask=mask_arr)
+    b0 = vol.b0_dir if b0_dir is None else normalise_b0_dir(b0_dir)
+    dtype = np.float64 if float64 else np.float32
+    if method == "isdu":
+        if weights_image is not None:
+            raise QSMInputError("a weights image applies to ndi only (isdu takes weights=FILE)")
+        chi, used, extra = _isdu(data, mask_arr, vol.voxel_size, b0, options or {}, float64)
+    else:
+        isdu_only = [k for k in options or {} if k in ISDU_OPTIONS and not methods_taking(k)]
+        if isdu_only:
+            raise QSMInputError(f"option {', '.join(isdu_only)} applies to isdu only")
+        used = resolve_options(method, options)
+        if weights_image is not None:
+            if method != "ndi":
+                raise QSMInputError(f"a weights image applies to ndi only, not {method}")
+            wvol = load_volume(weights_image, ndim=3)
+            check_same_grid(wvol.data.shape, vol.data.shape, f"weights vs {vol.path}", wvol.path)
+            used["weights"] = check_finite(wvol.data, "weights", wvol.path, mask=mask_arr)
+        chi = invert(method, data, mask_arr, vol.voxel_size, b0, dtype=dtype, **used)
+        used = {k: v for k, v in used.items() if k != "weights"}
+        used["dtype"] = np.dtype(dtype).name
+        extra = {"DipoleKernelK0": KERNEL_K0}
+    sidecar = {
+        "Sources": sources(field, mask, weights_image),
+        "Units": "ppm",
+        "InversionMethod": method,
+        "InversionOptions": used,
+        "B0Direction": [float(x) for x in b0],
+        "B0DirectionSource": "affine" if b0_dir is None else "given",
+        "VoxelSizeMM": [float(x) for x in vol.voxel_size],
+        **extra,
+    }
+    out = save_volume(output, chi, vol.affine, dtype=dtype, sidecar=sidecar)
+    return StepResult({"chi": out}, sidecar, {"b0_dir": [float(x) for x in b0]})
