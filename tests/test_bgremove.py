@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from qsmflow.errors import QSMInputError
-from qsmflow.evaluation.metrics import nrmse
+from qsmflow.evaluation import nrmse
 from qsmflow.physics import _fft
 from qsmflow.physics.bgremove import (
     DEFAULT_RADII_MM,

@@ -9,7 +9,7 @@ import pytest
 
 from qsmflow.cli.main import main
 from qsmflow.errors import QSMInputError
-from qsmflow.evaluation.metrics import nrmse
+from qsmflow.evaluation import nrmse
 from qsmflow.io.nifti import load_volume, save_volume
 from qsmflow.physics import inversion as inv
 from qsmflow.physics.forward import forward_field

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from qsmflow import evaluation as M
 from qsmflow.errors import QSMInputError
 from qsmflow.evaluation import _filters as filters
 from qsmflow.evaluation import challenge2016, qsmci
-from qsmflow.evaluation import metrics as M
 from qsmflow.evaluation.rois import load_label_names, roi_mean_agreement, roi_stats
 
 QSMCI_KEYS_SEG = (

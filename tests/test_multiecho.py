@@ -159,7 +159,7 @@ def test_multiecho_field_methods(method):
     f, o = multiecho_field(phase, None, te, (1, 1, 1), mask, method=method)
     if method == "laplacian":
         # Correct up to a function harmonic in the mask, which background removal takes out.
-        from qsmflow.evaluation.metrics import nrmse
+        from qsmflow.evaluation import nrmse
         from qsmflow.physics.bgremove import vsharp
 
         radii = [5, 4, 3, 2, 1]

@@ -51,7 +51,7 @@ def _true_transform(meta: dict, moving_affine, reference_affine) -> np.ndarray:
 
 
 def test_cosmos_pipeline_matches_direct_cosmos_with_true_rotations(e2e):
-    from qsmflow.evaluation.metrics import nrmse
+    from qsmflow.evaluation import nrmse
     from qsmflow.io.nifti import load_volume
     from qsmflow.physics.cosmos import cosmos
     from qsmflow.physics.geometry import rotation_angle_deg

@@ -11,7 +11,7 @@ import pytest
 from scipy import ndimage
 
 from qsmflow.errors import QSMInputError
-from qsmflow.evaluation.metrics import nrmse
+from qsmflow.evaluation import nrmse
 from qsmflow.physics import units
 from qsmflow.physics.bgremove import vsharp
 from qsmflow.physics.forward import forward_field

@@ -9,7 +9,7 @@ import pytest
 from scipy import ndimage
 
 from qsmflow.errors import QSMInputError
-from qsmflow.evaluation.metrics import nrmse
+from qsmflow.evaluation import nrmse
 from qsmflow.physics.bgremove import vsharp
 from qsmflow.physics.forward import forward_field
 from qsmflow.physics.multiecho import fit_multiecho, multiecho_field

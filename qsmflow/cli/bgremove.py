@@ -65,15 +65,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..steps.bgremove import vsharp_file
+    from . import step_arguments
 
-    vsharp_file(
-        args.field,
-        args.mask,
-        args.output,
-        field_strength=args.b0,
-        radii_mm=args.radii,
-        threshold=args.threshold,
-        deconvolution=args.deconvolution,
-        eroded_mask_output=args.mask_out,
-    )
+    dests = {"field_strength": "b0", "radii_mm": "radii", "eroded_mask_output": "mask_out"}
+    vsharp_file(**step_arguments(vsharp_file, args, **dests))
     return 0

@@ -38,11 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from ..steps.masking import brain_mask_file
+    from . import step_arguments
 
-    options = {"backend": args.backend, "frac": args.frac}
-    result = brain_mask_file(
-        args.magnitude, args.output, **{k: v for k, v in options.items() if v is not None}
-    )
+    result = brain_mask_file(**step_arguments(brain_mask_file, args, out_file="output"))
     side = result.sidecar
     print(
         f"qsmflow mask: {side['MaskBackend']} backend -> {result.outputs['mask']} "

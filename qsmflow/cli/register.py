@@ -64,17 +64,10 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..steps.registration import register_file, resample_file
+    from . import step_arguments
 
-    options = {"backend": args.backend, "cost": args.cost}
-    registered = register_file(
-        args.moving,
-        args.reference,
-        transform_file=args.transform,
-        fsl_matrix_file=args.matrix,
-        moving_mask=args.moving_mask,
-        reference_mask=args.reference_mask,
-        **{k: v for k, v in options.items() if v is not None},
-    )
+    dests = {"transform_file": "transform", "fsl_matrix_file": "matrix"}
+    registered = register_file(**step_arguments(register_file, args, **dests))
     values = registered.values
     interpolation = {} if args.interpolation is None else {"interpolation": args.interpolation}
     # the written transform file when there is one, so that --output is exactly what

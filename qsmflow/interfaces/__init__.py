@@ -10,10 +10,10 @@ the BIDS derivatives dataset.
 
 from __future__ import annotations
 
-import os
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
-from nipype.interfaces.base import isdefined
+from nipype.interfaces.base import SimpleInterface, isdefined
 
 from ..io.atomic import nifti_stem
 
@@ -24,6 +24,36 @@ def step_options(inputs: Any, *names: str) -> dict[str, Any]:
     return {name: value for name, value in values.items() if isdefined(value)}
 
 
-def default_output_name(in_file: str | os.PathLike, suffix: str) -> str:
-    """``<stem><suffix>.nii.gz`` for ``in_file`` (``.nii``/``.nii.gz`` stripped)."""
-    return f"{nifti_stem(in_file)}{suffix}.nii.gz"
+class StepInterface(SimpleInterface):
+    """A SimpleInterface that runs one step function in the node's folder.
+
+    A subclass implements :meth:`_run_step` (traits -> the step's call, returning its
+    :class:`qsmflow.steps.StepResult`) and says which outputs to copy back: ``_files`` maps an
+    output trait to a key of ``StepResult.outputs`` (written files), ``_values`` to a key of
+    ``StepResult.values`` or, failing that, of its sidecar.
+    """
+
+    _files: ClassVar[dict[str, str]] = {}
+    _values: ClassVar[dict[str, str]] = {}
+
+    def _run_step(self, cwd: Path) -> Any:
+        raise NotImplementedError
+
+    def _run_interface(self, runtime):
+        result = self._run_step(Path(runtime.cwd))
+        for trait, key in self._files.items():
+            self._results[trait] = str(result.outputs[key])
+        for trait, key in self._values.items():
+            self._results[trait] = result.values.get(key, result.sidecar.get(key))
+        return runtime
+
+    def _options(self, *names: str) -> dict[str, Any]:
+        """The traits in ``names`` that are set (see :func:`step_options`)."""
+        return step_options(self.inputs, *names)
+
+    def _output_file(self, cwd: Path, in_file: str, suffix: str) -> Path:
+        """``out_file`` in ``cwd`` when set, else ``<stem of in_file><suffix>.nii.gz``."""
+        name = self.inputs.out_file
+        if not isdefined(name):
+            name = f"{nifti_stem(in_file)}{suffix}.nii.gz"
+        return cwd / name

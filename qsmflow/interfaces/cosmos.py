@@ -7,7 +7,8 @@ the reference grid. Unset traits take the step's defaults.
 
 from __future__ import annotations
 
-import os
+from pathlib import Path
+from typing import ClassVar
 
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
@@ -19,7 +20,8 @@ from nipype.interfaces.base import (
 )
 
 from ..physics.cosmos import COSMOS_METHODS
-from . import step_options
+from ..steps import StepResult
+from . import StepInterface, step_options
 
 
 class _CosmosInputSpec(BaseInterfaceInputSpec):
@@ -44,25 +46,23 @@ class _CosmosOutputSpec(TraitedSpec):
     mask = File(exists=True, desc="intersection of the orientations' masks (uint8)")
 
 
-class Cosmos(SimpleInterface):
+class Cosmos(StepInterface):
     """COSMOS inside the intersection of the masks (:func:`qsmflow.steps.cosmos.cosmos_files`)."""
 
     input_spec = _CosmosInputSpec
     output_spec = _CosmosOutputSpec
+    _files: ClassVar[dict[str, str]] = {"chi": "chi", "mask": "mask"}
 
-    def _run_interface(self, runtime):
+    def _run_step(self, cwd: Path) -> StepResult:
         from ..steps.cosmos import cosmos_files
 
-        result = cosmos_files(
+        return cosmos_files(
             self.inputs.local_fields,
             self.inputs.masks,
-            os.path.join(runtime.cwd, "chi_cosmos.nii.gz"),
-            os.path.join(runtime.cwd, "cosmos_mask.nii.gz"),
-            **step_options(self.inputs, "b0_dirs", "method", "lam", "iterations"),
+            cwd / "chi_cosmos.nii.gz",
+            cwd / "cosmos_mask.nii.gz",
+            **self._options("b0_dirs", "method", "lam", "iterations"),
         )
-        self._results["chi"] = str(result.outputs["chi"])
-        self._results["mask"] = str(result.outputs["mask"])
-        return runtime
 
 
 class _B0DirectionInputSpec(BaseInterfaceInputSpec):

@@ -10,12 +10,12 @@ echo times in seconds, field maps in Hz, local fields in ppm of B0, B0 in tesla.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
     File,
     InputMultiObject,
-    SimpleInterface,
     TraitedSpec,
     traits,
 )
@@ -23,8 +23,9 @@ from nipype.interfaces.base import (
 from ..physics.bgremove import DECONVOLUTIONS
 from ..physics.multiecho import UNWRAPPING_METHODS
 from ..physics.validation import PHASE_UNITS
+from ..steps import StepResult
 from ..steps.fieldmap import ECHO_KINDS
-from . import step_options
+from . import StepInterface
 
 
 class _MergeEchoesInputSpec(BaseInterfaceInputSpec):
@@ -41,28 +42,26 @@ class _MergeEchoesOutputSpec(TraitedSpec):
     units = traits.Str(desc="units found in the input (rad, siemens, siemens-raw, or a.u.)")
 
 
-class MergeEchoes(SimpleInterface):
+class MergeEchoes(StepInterface):
     """Stack per-echo images into one 4-D image, phase scaled to radians
     (:func:`qsmflow.steps.fieldmap.merge_echoes`)."""
 
     input_spec = _MergeEchoesInputSpec
     output_spec = _MergeEchoesOutputSpec
+    _files: ClassVar[dict[str, str]] = {"out_file": "merged", "first_echo": "first_echo"}
+    _values: ClassVar[dict[str, str]] = {"units": "units"}
 
-    def _run_interface(self, runtime):
+    def _run_step(self, cwd: Path) -> StepResult:
         from ..steps.fieldmap import merge_echoes
 
         kind = self.inputs.kind
-        result = merge_echoes(
+        return merge_echoes(
             self.inputs.in_files,
-            Path(runtime.cwd, f"{kind}.nii.gz"),
+            cwd / f"{kind}.nii.gz",
             kind=kind,
-            first_echo_output=Path(runtime.cwd, f"{kind}_echo1.nii.gz"),
-            **step_options(self.inputs, "phase_units"),
+            first_echo_output=cwd / f"{kind}_echo1.nii.gz",
+            **self._options("phase_units"),
         )
-        self._results["out_file"] = str(result.outputs["merged"])
-        self._results["first_echo"] = str(result.outputs["first_echo"])
-        self._results["units"] = result.values["units"]
-        return runtime
 
 
 class _MultiEchoFieldInputSpec(BaseInterfaceInputSpec):
@@ -79,28 +78,26 @@ class _MultiEchoFieldOutputSpec(TraitedSpec):
     method = traits.Str(desc="unwrapping method used (auto resolved)")
 
 
-class MultiEchoField(SimpleInterface):
+class MultiEchoField(StepInterface):
     """Spatially unwrap every echo and fit the field map in Hz
     (:func:`qsmflow.steps.fieldmap.fit_field`)."""
 
     input_spec = _MultiEchoFieldInputSpec
     output_spec = _MultiEchoFieldOutputSpec
+    _files: ClassVar[dict[str, str]] = {"field_hz": "field_hz", "offset_rad": "offset_rad"}
+    _values: ClassVar[dict[str, str]] = {"method": "unwrapping"}
 
-    def _run_interface(self, runtime):
+    def _run_step(self, cwd: Path) -> StepResult:
         from ..steps.fieldmap import fit_field
 
-        result = fit_field(
+        return fit_field(
             self.inputs.phase,
-            Path(runtime.cwd, "field_hz.nii.gz"),
+            cwd / "field_hz.nii.gz",
             echo_times=self.inputs.echo_times,
             mask=self.inputs.mask,
-            offset_output=Path(runtime.cwd, "offset_rad.nii.gz"),
-            **step_options(self.inputs, "magnitude", "method"),
+            offset_output=cwd / "offset_rad.nii.gz",
+            **self._options("magnitude", "method"),
         )
-        self._results["field_hz"] = str(result.outputs["field_hz"])
-        self._results["offset_rad"] = str(result.outputs["offset_rad"])
-        self._results["method"] = result.values["unwrapping"]
-        return runtime
 
 
 class _BackgroundRemovalInputSpec(BaseInterfaceInputSpec):
@@ -118,24 +115,22 @@ class _BackgroundRemovalOutputSpec(TraitedSpec):
     radii_mm = traits.List(traits.Float, desc="radii used, mm, largest first")
 
 
-class BackgroundRemoval(SimpleInterface):
+class BackgroundRemoval(StepInterface):
     """V-SHARP of a field in Hz, output in ppm (:func:`qsmflow.steps.bgremove.vsharp_file`)."""
 
     input_spec = _BackgroundRemovalInputSpec
     output_spec = _BackgroundRemovalOutputSpec
+    _files: ClassVar[dict[str, str]] = {"local_ppm": "local_field", "eroded_mask": "eroded_mask"}
+    _values: ClassVar[dict[str, str]] = {"radii_mm": "radii_mm"}
 
-    def _run_interface(self, runtime):
+    def _run_step(self, cwd: Path) -> StepResult:
         from ..steps.bgremove import vsharp_file
 
-        result = vsharp_file(
+        return vsharp_file(
             self.inputs.field_hz,
             self.inputs.mask,
-            Path(runtime.cwd, "local_ppm.nii.gz"),
+            cwd / "local_ppm.nii.gz",
             field_strength=self.inputs.field_strength,
-            eroded_mask_output=Path(runtime.cwd, "eroded_mask.nii.gz"),
-            **step_options(self.inputs, "radii_mm", "threshold", "deconvolution"),
+            eroded_mask_output=cwd / "eroded_mask.nii.gz",
+            **self._options("radii_mm", "threshold", "deconvolution"),
         )
-        self._results["local_ppm"] = str(result.outputs["local_field"])
-        self._results["eroded_mask"] = str(result.outputs["eroded_mask"])
-        self._results["radii_mm"] = result.values["radii_mm"]
-        return runtime

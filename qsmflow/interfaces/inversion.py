@@ -16,17 +16,13 @@ OMP_NUM_THREADS=1 for its workers, so every node uses one), torch's default othe
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
-from nipype.interfaces.base import (
-    BaseInterfaceInputSpec,
-    File,
-    SimpleInterface,
-    TraitedSpec,
-    traits,
-)
+from nipype.interfaces.base import BaseInterfaceInputSpec, File, TraitedSpec, traits
 
+from ..steps import StepResult
 from ..steps.inversion import INVERSION_METHODS
-from . import step_options
+from . import StepInterface
 
 
 class _DipoleInversionInputSpec(BaseInterfaceInputSpec):
@@ -42,24 +38,23 @@ class _DipoleInversionOutputSpec(TraitedSpec):
     b0_dir = traits.List(traits.Float, desc="B0 direction used (array axes)")
 
 
-class DipoleInversion(SimpleInterface):
+class DipoleInversion(StepInterface):
     """Single-orientation inversion, B0 direction from the affine
     (:func:`qsmflow.steps.inversion.invert_file`)."""
 
     input_spec = _DipoleInversionInputSpec
     output_spec = _DipoleInversionOutputSpec
+    _files: ClassVar[dict[str, str]] = {"chi": "chi"}
+    _values: ClassVar[dict[str, str]] = {"b0_dir": "b0_dir"}
 
-    def _run_interface(self, runtime):
+    def _run_step(self, cwd: Path) -> StepResult:
         from ..steps.inversion import invert_file
 
         method = self.inputs.method
-        result = invert_file(
+        return invert_file(
             self.inputs.local_field,
             self.inputs.mask,
-            Path(runtime.cwd, f"chi_{method}.nii.gz"),
+            cwd / f"chi_{method}.nii.gz",
             method=method,
-            **step_options(self.inputs, "options", "weights_image"),
+            **self._options("options", "weights_image"),
         )
-        self._results["chi"] = str(result.outputs["chi"])
-        self._results["b0_dir"] = result.values["b0_dir"]
-        return runtime

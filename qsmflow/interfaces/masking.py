@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import os
+from pathlib import Path
+from typing import ClassVar
 
-from nipype.interfaces.base import (
-    BaseInterfaceInputSpec,
-    File,
-    SimpleInterface,
-    TraitedSpec,
-    isdefined,
-    traits,
-)
+from nipype.interfaces.base import BaseInterfaceInputSpec, File, TraitedSpec, traits
 
 from ..backends import BACKENDS
-from . import default_output_name, step_options
+from ..steps import StepResult
+from . import StepInterface
 
 
 class _BrainMaskInputSpec(BaseInterfaceInputSpec):
@@ -39,7 +34,7 @@ class _BrainMaskOutputSpec(TraitedSpec):
     volume_ml = traits.Float(desc="mask volume in mL")
 
 
-class BrainMask(SimpleInterface):
+class BrainMask(StepInterface):
     """Brain mask from a (multi-echo) GRE magnitude: FSL BET or :func:`qsmflow.masking.brain_mask`.
 
     See :func:`qsmflow.steps.masking.brain_mask_file`; FSL's files stay in the node's directory.
@@ -47,21 +42,19 @@ class BrainMask(SimpleInterface):
 
     input_spec = _BrainMaskInputSpec
     output_spec = _BrainMaskOutputSpec
+    _files: ClassVar[dict[str, str]] = {"mask_file": "mask"}
+    _values: ClassVar[dict[str, str]] = {
+        "backend": "MaskBackend",
+        "n_voxels": "Voxels",
+        "volume_ml": "VolumeML",
+    }
 
-    def _run_interface(self, runtime):
+    def _run_step(self, cwd: Path) -> StepResult:
         from ..steps.masking import brain_mask_file
 
-        name = self.inputs.out_file
-        if not isdefined(name):
-            name = default_output_name(self.inputs.magnitude, "_mask")
-        result = brain_mask_file(
+        return brain_mask_file(
             self.inputs.magnitude,
-            os.path.join(runtime.cwd, name),
-            workdir=runtime.cwd,
-            **step_options(self.inputs, "backend", "frac"),
+            self._output_file(cwd, self.inputs.magnitude, "_mask"),
+            workdir=cwd,
+            **self._options("backend", "frac"),
         )
-        self._results["mask_file"] = str(result.outputs["mask"])
-        self._results["backend"] = result.sidecar["MaskBackend"]
-        self._results["n_voxels"] = result.sidecar["Voxels"]
-        self._results["volume_ml"] = result.sidecar["VolumeML"]
-        return runtime

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import os
+from pathlib import Path
+from typing import ClassVar
 
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
     Directory,
     File,
     InputMultiObject,
-    SimpleInterface,
     TraitedSpec,
     traits,
 )
 
+from ..steps import StepResult
 from ..training.patch_grid import MIN_MASK_FRACTION, PATCH_SIZE, STRIDE
-from . import step_options
+from . import StepInterface
 
 
 class _TrainingPatchesInputSpec(BaseInterfaceInputSpec):
@@ -38,25 +39,23 @@ class _TrainingPatchesOutputSpec(TraitedSpec):
     count = traits.Int(desc="number of patches (all orientations)")
 
 
-class TrainingPatches(SimpleInterface):
+class TrainingPatches(StepInterface):
     """Cut training pairs (local field, COSMOS chi, mask, B0 direction) into cubic patches."""
 
     input_spec = _TrainingPatchesInputSpec
     output_spec = _TrainingPatchesOutputSpec
+    _files: ClassVar[dict[str, str]] = {"out_dir": "patches"}
+    _values: ClassVar[dict[str, str]] = {"count": "count"}
 
-    def _run_interface(self, runtime):
+    def _run_step(self, cwd: Path) -> StepResult:
         from ..steps.patches import training_patches
 
-        result = training_patches(
+        return training_patches(
             self.inputs.local_fields,
             self.inputs.chi,
             self.inputs.mask,
             self.inputs.b0_dirs,
-            os.path.join(runtime.cwd, "patches"),
-            **step_options(self.inputs, "patch_size", "stride", "min_mask_fraction"),
-            **step_options(self.inputs, "source_files"),
+            cwd / "patches",
+            **self._options("patch_size", "stride", "min_mask_fraction", "source_files"),
             overwrite=True,  # the node's own working folder: a rerun replaces its set
         )
-        self._results["out_dir"] = str(result.outputs["patches"])
-        self._results["count"] = result.values["count"]
-        return runtime

@@ -8,22 +8,16 @@ Transform conventions: :mod:`qsmflow.registration.files`. Unset traits take the 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+from typing import ClassVar
 
-from nipype.interfaces.base import (
-    BaseInterfaceInputSpec,
-    File,
-    SimpleInterface,
-    TraitedSpec,
-    isdefined,
-    traits,
-)
+from nipype.interfaces.base import BaseInterfaceInputSpec, File, TraitedSpec, traits
 
 from ..backends import BACKENDS, FLIRT_COSTS
 from ..io.atomic import nifti_stem
+from ..steps import StepResult
 from ..steps.registration import INTERPOLATION_ORDER
-from . import default_output_name, step_options
+from . import StepInterface
 
 
 class _RigidRegistrationInputSpec(BaseInterfaceInputSpec):
@@ -53,7 +47,7 @@ class _RigidRegistrationOutputSpec(TraitedSpec):
     backend = traits.Str(desc="backend that ran: fsl or python")
 
 
-class RigidRegistration(SimpleInterface):
+class RigidRegistration(StepInterface):
     """6-dof registration of a moving magnitude to a reference magnitude (FLIRT or SimpleITK).
 
     See :func:`qsmflow.steps.registration.register_file`; FLIRT's files stay in the node dir.
@@ -61,25 +55,23 @@ class RigidRegistration(SimpleInterface):
 
     input_spec = _RigidRegistrationInputSpec
     output_spec = _RigidRegistrationOutputSpec
+    _files: ClassVar[dict[str, str]] = {"transform": "transform", "fsl_matrix": "fsl_matrix"}
+    _values: ClassVar[dict[str, str]] = {
+        key: key for key in ("rotation_deg", "translation_mm", "b0_dir", "backend")
+    }
 
-    def _run_interface(self, runtime):
+    def _run_step(self, cwd: Path) -> StepResult:
         from ..steps.registration import register_file
 
-        cwd = Path(runtime.cwd)
         stem = f"{nifti_stem(self.inputs.moving)}_to_reference"
-        result = register_file(
+        return register_file(
             self.inputs.moving,
             self.inputs.reference,
             transform_file=cwd / f"{stem}_ras.txt",
             fsl_matrix_file=cwd / f"{stem}_flirt.mat",
             workdir=cwd,
-            **step_options(self.inputs, "moving_mask", "reference_mask", "backend", "cost"),
+            **self._options("moving_mask", "reference_mask", "backend", "cost"),
         )
-        self._results["transform"] = str(result.outputs["transform"])
-        self._results["fsl_matrix"] = str(result.outputs["fsl_matrix"])
-        for key in ("rotation_deg", "translation_mm", "b0_dir", "backend"):
-            self._results[key] = result.values[key]
-        return runtime
 
 
 class _ResampleToReferenceInputSpec(BaseInterfaceInputSpec):
@@ -101,7 +93,7 @@ class _ResampleToReferenceOutputSpec(TraitedSpec):
     out_file = File(exists=True, desc="in_file on the reference grid (0 outside moving FOV)")
 
 
-class ResampleToReference(SimpleInterface):
+class ResampleToReference(StepInterface):
     """Pull an image from the moving grid onto the reference grid with a rigid transform.
 
     See :func:`qsmflow.steps.registration.resample_file`; masks are resampled linearly and
@@ -110,18 +102,14 @@ class ResampleToReference(SimpleInterface):
 
     input_spec = _ResampleToReferenceInputSpec
     output_spec = _ResampleToReferenceOutputSpec
+    _files: ClassVar[dict[str, str]] = {"out_file": "out_file"}
 
-    def _run_interface(self, runtime):
+    def _run_step(self, cwd: Path) -> StepResult:
         from ..steps.registration import resample_file
 
-        name = self.inputs.out_file
-        if not isdefined(name):
-            name = default_output_name(self.inputs.in_file, "_resampled")
-        result = resample_file(
+        return resample_file(
             self.inputs.in_file,
             self.inputs.reference,
-            os.path.join(runtime.cwd, name),
-            **step_options(self.inputs, "transform", "interpolation", "is_mask"),
+            self._output_file(cwd, self.inputs.in_file, "_resampled"),
+            **self._options("transform", "interpolation", "is_mask"),
         )
-        self._results["out_file"] = str(result.outputs["out_file"])
-        return runtime
