@@ -66,6 +66,28 @@ def stats(x: torch.Tensor) -> np.ndarray:
     )
 
 
+def assert_stats(x: torch.Tensor, golden: np.ndarray) -> None:
+    """``stats(x)`` equals the golden stats to REL_TOL relative to each statistic's magnitude.
+
+    A norm's magnitude is the norm itself (a plain relative tolerance). A sum of values of both
+    signs cancels, so its round-off is relative to the summed magnitudes (sum |Re|, sum |Im|):
+    on an AMD EPYC (another conv ISA than the golden machine's) SpiNet's sum Re (5.59, a small
+    sum of values of both signs) moves by 1.7e-6 relative to itself, the same on the code
+    before issue 10, while every array stays within REL_TOL in relative L2, the reference
+    README's criterion.
+    """
+    x = x.to(torch.complex128)
+    magnitude = np.array(
+        [
+            x.real.abs().sum().item(),
+            x.real.norm().item(),
+            x.imag.abs().sum().item(),
+            x.imag.norm().item(),
+        ]
+    )
+    np.testing.assert_array_less(np.abs(stats(x) - golden), REL_TOL * magnitude)
+
+
 def assert_cg_log(ours: list[float], golden: np.ndarray) -> None:
     ours = np.asarray(ours)
     assert ours.shape == golden.shape
@@ -225,7 +247,7 @@ def test_unrolled_runs(reference_isdu, inputs, name):
         assert rel(np64(xk.real[sub]), g["x_real_sub"][i]) < REL_TOL, i
         if "x_imag_sub" in g:
             assert rel(np64(xk.imag[sub]), g["x_imag_sub"][i]) < REL_TOL, i
-        np.testing.assert_allclose(stats(xk), g["x_stats"][i], rtol=REL_TOL)
+        assert_stats(xk, g["x_stats"][i])
         assert_cg_log(it.cg_residuals[i][0], g[f"cg_rHr_log_{i}"])
     assert [c[0] for c in it.cg_iterations] == list(g["cg_iterations"])
     lambdas = np.broadcast_to(g["lambda_"], (k,))
