@@ -42,8 +42,11 @@ def test_multiproc_gives_the_same_outputs_as_linear(simulated_bids, tmp_path):
     base[2] = str(linear)
     assert main([*base, "--work-dir", str(tmp_path / "w1")]) == 0
     base[2] = str(multi)
+    environment = dict(os.environ)
     assert main([*base, "--work-dir", str(tmp_path / "w2"), "--plugin", "MultiProc"]
                 + ["--nprocs", "2"]) == 0  # fmt: skip
+    # the workers' thread settings (OMP_NUM_THREADS=1, ...) do not outlive the run
+    assert dict(os.environ) == environment
     a, b = _images(linear), _images(multi)
     assert sorted(a) == sorted(b) and len(a) >= 12
     for name in a:  # bit for bit: registration runs single-threaded (reproducible)

@@ -74,6 +74,22 @@ def attach_log(log_file: Path) -> Iterator[None]:
         handler.close()
 
 
+@contextmanager
+def restored_environment() -> Iterator[None]:
+    """Put ``os.environ`` back as it was when the block ends.
+
+    The worker settings of a run (one BLAS/torch thread, the FFT share, Nipype's config dir)
+    are for that run's processes only: a caller that runs ``qsmflow run`` in-process and then
+    computes (a test, a notebook) keeps its own thread settings.
+    """
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def _configure_workers(plugin: str, nprocs: int | None, work: Path) -> None:
     """MultiProc worker processes: each gets its share of the FFT threads and one BLAS/torch
     thread; Nipype in the workers logs warnings only (the parent shows progress).

@@ -177,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
         configure_nipype,
         failures_by_subject,
         plugin_settings,
+        restored_environment,
         summarise,
     )
 
@@ -207,11 +208,13 @@ def run(args: argparse.Namespace) -> int:
     (logs / f"config_{run_id}.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     configure_nipype(wf, logs, crash_dir)
     plugin = cfg.execution.plugin
-    plugin_args = plugin_settings(wf, plugin, cfg.execution.plugin_args, cfg.execution.nprocs, work)
     tracker = Tracker.with_progress_bar(len(nodes))
-    plugin_args["status_callback"] = tracker
     crashed = None
-    with attach_log(log_file):
+    with restored_environment(), attach_log(log_file):
+        plugin_args = plugin_settings(
+            wf, plugin, cfg.execution.plugin_args, cfg.execution.nprocs, work
+        )
+        plugin_args["status_callback"] = tracker
         try:
             wf.run(plugin=plugin, plugin_args=plugin_args)
         except RuntimeError as exc:
