@@ -48,14 +48,10 @@ import numpy as np
 
 from ..errors import QSMInputError
 from . import _fft
-from .inversion import (
-    DEFAULT_PAD,
-    _check_dtype,
-    gradient_symbol,
-    irfftn_owned,
-    padded_shape,
-)
+from .inversion import gradient_symbol
 from .kernel import check_voxel_size, dipole_kernel, normalise_b0_dir
+from .padded import DEFAULT_PAD, irfftn_owned, padded_shape
+from .padded import check_dtype as _check_dtype
 from .validation import check_finite, check_mask, check_volume
 
 __all__ = [
