@@ -9,8 +9,21 @@ import time
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``qsmflow simulate``; choices and defaults come from :mod:`qsmflow.simulate`."""
-    from ..simulate.dataset import ORIENTATION_MODES, PHANTOMS, PHASE_OFFSETS
+    from ..simulate.dataset import (
+        DEFAULT_B0_TESLA,
+        DEFAULT_SNR,
+        ORIENTATION_MODES,
+        PHANTOMS,
+        PHASE_OFFSETS,
+        REALISM,
+    )
     from ..simulate.gre import DEFAULT_TE_S
+    from ..simulate.realism import REALISM_PRESETS
+
+    def preset_summary(name: str) -> str:
+        p = REALISM_PRESETS[name]
+        te = "/".join(f"{t * 1e3:g}" for t in p["te_s"])
+        return f"{name}: B0 {p['b0_tesla']:g} T, TE {te} ms, SNR {p['snr']:g}"
 
     p = subparsers.add_parser(
         "simulate",
@@ -20,7 +33,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
             "phantom in one or more head orientations and write it as a BIDS dataset, with the "
             "truth (chi and local/total field in ppm, labels, masks, each orientation's "
             "rotation and B0 direction) under derivatives/qsmflow-simulation/. Units: echo "
-            "times in seconds, B0 in tesla, voxel size in mm, rotations in degrees."
+            "times in seconds, B0 in tesla, voxel size in mm, rotations in degrees. "
+            "--realism 3t/7t (with --phantom head-model) makes data that stands in for measured "
+            "data: WM susceptibility anisotropy, sub-voxel texture, veins, a residual "
+            "background field, tissue texture, smooth phase offset and dephasing, with the "
+            "preset's B0, echo times and SNR. Precedence: --b0, --echo-times and --snr given "
+            "explicitly override the preset's values; --texture and --dephasing are on with a "
+            "preset (their flags cannot turn them off); --phase-offset applies as given."
         ),
     )
     p.add_argument(
@@ -90,23 +109,26 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         dest="echo_times_s",
         type=float,
         nargs="+",
-        default=list(DEFAULT_TE_S),
+        default=None,
         metavar="S",
-        help="echo times in seconds (default 0.005 0.010 0.015 0.020)",
+        help="echo times in seconds (default "
+        + " ".join(f"{t:.3f}" for t in DEFAULT_TE_S)
+        + ", or the --realism preset's)",
     )
     p.add_argument(
         "--b0",
         dest="b0_tesla",
         type=float,
-        default=3.0,
+        default=None,
         metavar="T",
-        help="field strength in tesla (default 3)",
+        help=f"field strength in tesla (default {DEFAULT_B0_TESLA:g}, or the --realism preset's)",
     )
     p.add_argument(
         "--snr",
         type=float,
-        default=100.0,
-        help="mean first-echo brain magnitude / noise sigma (default 100; inf = noise-free)",
+        default=None,
+        help=f"mean first-echo brain magnitude / noise sigma (default {DEFAULT_SNR:g}, or the "
+        "--realism preset's; inf = noise-free)",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument(
@@ -131,6 +153,15 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "bone/air edges with tilted B0); 1 = straight on the output grid (default 2)",
     )
     p.add_argument(
+        "--realism",
+        choices=REALISM,
+        default=None,
+        help="realistic-acquisition preset (needs --phantom head-model): "
+        + "; ".join(preset_summary(n) for n in REALISM)
+        + "; both with WM anisotropy 0.015 ppm, sub-voxel texture, veins, 0.02 ppm residual "
+        "background, texture, dephasing. Explicit --b0/--echo-times/--snr override the preset",
+    )
+    p.add_argument(
         "--force",
         action="store_true",
         help="write into an existing BIDS dataset not made by qsmflow simulate",
@@ -152,11 +183,13 @@ def run(args: argparse.Namespace) -> int:
         f"qsmflow simulate: wrote {len(ds.runs)} run(s) of {ds.subjects} subject(s), "
         f"{ds.files} files, to {ds.root} in {dt:.1f} s"
     )
+    par = ds.parameters
     print(
         f"  phantom {args.phantom}, grid {ds.runs[0].shape} at {ds.voxel_size_mm} mm, "
-        f"B0 {args.b0_tesla} T, TE {', '.join(f'{t * 1e3:g}' for t in args.echo_times_s)} ms, "
+        f"B0 {par['b0_tesla']} T, TE {', '.join(f'{t * 1e3:g}' for t in par['echo_times_s'])} ms, "
         f"SNR {'noise-free' if ds.snr is None else f'{ds.snr:g}'}, mode {args.orientation_mode}, "
         f"supersampling {args.supersample}"
+        + (f", realism {par['realism']}" if par.get("realism") else "")
     )
     print("  run                 B0 tilt   head rot   max|total| max|local|  noise sigma")
     print("                      (deg)     (deg)      brain ppm  brain ppm")

@@ -12,6 +12,9 @@
 * :mod:`.orientations` - B0-direction files and orientation sets.
 * :mod:`.dataset` - :func:`~qsmflow.simulate.dataset.simulate_dataset`: subjects x orientations
   simulated and written (what ``qsmflow simulate`` runs).
+* :mod:`.realism` - what measured data has and clean simulation lacks (WM susceptibility
+  anisotropy, sub-voxel texture, veins, residual background field) and the presets
+  :data:`REALISM_PRESETS` / :func:`simulate_realistic` (``qsmflow simulate --realism``).
 """
 
 from .bids import BIDSWriter, write_bids_dataset
@@ -20,6 +23,7 @@ from .head import SimulatedHead, rotate_model, tissue_parameters
 from .head_model import LABEL_NAMES, HeadModel, load_head_model
 from .head_source import HeadModelSource
 from .phantom import BuiltinPhantom, make_phantom
+from .realism import REALISM_PRESETS, simulate_realistic
 
 __all__ = [
     "BIDSWriter",
@@ -28,6 +32,7 @@ __all__ = [
     "HeadModel",
     "HeadModelSource",
     "LABEL_NAMES",
+    "REALISM_PRESETS",
     "SimulatedHead",
     "head_rotations",
     "load_head_model",
@@ -36,6 +41,7 @@ __all__ = [
     "rotate_model",
     "rotation_to_z",
     "simulate_gre",
+    "simulate_realistic",
     "tissue_parameters",
     "write_bids_dataset",
 ]

@@ -62,6 +62,11 @@ Head orientations (two ways; every orientation keeps the same array shape):
     with ``R`` the smallest rotation with ``R.T @ z = b``, so that
     :func:`qsmflow.physics.geometry.b0_dir_from_affine` returns ``b``. Use it to apply
     measured B0 directions (e.g. the LPCNN 7T ones) to one phantom without registration.
+
+Realism (all off by default; :mod:`qsmflow.simulate.realism`): WM susceptibility anisotropy
+from a source that provides it (its STI field is added on the supersampled grid to the total and
+the local field) and a residual non-harmonic background field (``residual_background_ppm``,
+total field only).
 """
 
 from __future__ import annotations
@@ -79,6 +84,7 @@ from ..physics import _fft, units
 from ..physics.kernel import dipole_kernel, normalise_b0_dir
 from .head import SimulatedHead, exterior_mask, rotate_model, smooth_random_field, tissue_parameters
 from .head_model import HeadModel
+from .realism import FibreAnisotropy, apply_sti_kernel, residual_background_field
 from .sampling import (
     block_average,
     check_supersample,
@@ -114,6 +120,10 @@ class GREData:
     snr : requested SNR (None: noise-free).
     mode : "rotate" (head rotated, axial affine) or "oblique" (head fixed, oblique affine).
     supersample : sub-voxels per axis the fields and signal were computed on (see above).
+    extra : further truth of the realism options (:mod:`qsmflow.simulate.realism`):
+        "anisotropy_field" (WM anisotropy's part of the local and total field, ppm, brain),
+        "residual_background_field" (added to the total field only, ppm, head), "phantom" (what
+        the source added) and "realism" (preset parameters of :func:`simulate_realistic`).
     """
 
     magnitude: np.ndarray
@@ -335,7 +345,48 @@ def _box_filter(n: int, s: int) -> np.ndarray:
     return np.mean(np.exp(2j * np.pi * m / n), axis=1).astype(np.complex64)
 
 
+def _fold_to_coarse(spec: np.ndarray, s: int, p_c) -> np.ndarray:
+    """The s-voxel block average along the first two axes of a padded fine half spectrum, as the
+    spectrum of the s times coarser grid there (box filter, then the aliases folded); ``spec``
+    is left unchanged and no full-size temporary is made."""
+    px, py = int(p_c[0]), int(p_c[1])
+    bx, by = _box_filter(spec.shape[0], s), _box_filter(spec.shape[1], s)
+    out = np.zeros((px, py, spec.shape[2]), np.complex64)
+    for a in range(s):
+        for c in range(s):
+            w = bx[a * px : (a + 1) * px, None, None] * by[None, c * py : (c + 1) * py, None]
+            out += spec[a * px : (a + 1) * px, c * py : (c + 1) * py] * w
+    out *= np.float32(1.0 / s**2)
+    return out
+
+
+def _anisotropy_spectrum(anisotropy: FibreAnisotropy, shape, voxel_size, b, dc_value):
+    """sum_i rfft(v_i) K_i (padded ``shape``): the spectrum of the field of the anisotropic WM
+    susceptibility (STI forward model, :mod:`qsmflow.simulate.realism`)."""
+    v = anisotropy.source_components(b)
+    acc = None
+    for i in range(3):
+        spec = _rfftn_padded(anisotropy.dense(v[i]), shape)
+        apply_sti_kernel(spec, shape, voxel_size, b, i, dc_value=dc_value)
+        if acc is None:
+            acc = spec
+        else:
+            acc += spec
+        del spec
+    return acc
+
+
 def _fields(chi, brain, voxel_size, b0_dir, s, pad_factor, dc_value):
+    """(total, local) of :func:`_fields_and_anisotropy` without anisotropy."""
+    total, local, _ = _fields_and_anisotropy(
+        chi, brain, voxel_size, b0_dir, s, pad_factor, dc_value
+    )
+    return total, local
+
+
+def _fields_and_anisotropy(
+    chi, brain, voxel_size, b0_dir, s, pad_factor, dc_value, anisotropy=None
+):
     """Fields of the fine-grid ``chi`` (voxel ``voxel_size``): the total field on the fine grid
     and the local field (of ``chi`` inside ``brain``) averaged over ``s^3`` blocks.
 
@@ -343,6 +394,10 @@ def _fields(chi, brain, voxel_size, b0_dir, s, pad_factor, dc_value):
     here of the coarse grid, times ``s``; one kernel shared by both fields). The block average of
     the local field is taken in k-space (the box filter and the aliasing fold onto the coarse
     grid on the first two axes), so only the total field is transformed back at full size.
+
+    ``anisotropy`` (a :class:`FibreAnisotropy` on the fine grid, sources inside ``brain``): its
+    STI field is added to both fields (in k-space) and also returned alone, block-averaged
+    (third value; None without anisotropy).
     """
     if not np.all(np.isfinite(chi)):
         raise QSMInputError("susceptibility map has non-finite values")
@@ -351,15 +406,34 @@ def _fields(chi, brain, voxel_size, b0_dir, s, pad_factor, dc_value):
     extra = np.maximum(np.ceil((pad_factor - 1.0) * n_c / 2), 0).astype(int)
     p_c = np.asarray(_fft.fast_shape(n_c, extra) if pad_factor > 1 else n_c)
     shape = tuple(int(n) for n in s * p_c)  # the fine array sits at index 0 (shift-invariant)
+    aniso_spec = aniso_local = None
+    if anisotropy is not None:
+        if tuple(anisotropy.shape) != tuple(chi.shape):
+            raise QSMInputError(
+                f"anisotropy grid {anisotropy.shape} differs from the head's {chi.shape}"
+            )
+        aniso_spec = _anisotropy_spectrum(anisotropy, shape, voxel_size, b0_dir, dc_value)
+        folded = aniso_spec if s == 1 else _fold_to_coarse(aniso_spec, s, p_c)
+        aniso_local = _irfftn_cropped(folded, shape[2], (n_c[0], n_c[1], n_f[2]))
+        del folded
+        if s > 1:
+            aniso_local = aniso_local.reshape(*aniso_local.shape[:2], -1, s).mean(
+                axis=-1, dtype=np.float32
+            )
     d = dipole_kernel(shape, voxel_size, b0_dir, dc_value=dc_value, half=True, dtype=np.float32)
 
     spec = _rfftn_padded(chi.astype(np.float32, copy=False), shape)
     spec *= d
+    if aniso_spec is not None:
+        spec += aniso_spec
     total = _irfftn_cropped(spec, shape[2], n_f)
     del spec
     spec = _rfftn_padded(np.where(brain, chi, 0).astype(np.float32), shape)
     spec *= d
     del d
+    if aniso_spec is not None:
+        spec += aniso_spec
+        del aniso_spec
     if s > 1:
         spec *= _box_filter(shape[0], s)[:, None, None]
         spec *= _box_filter(shape[1], s)[None, :, None]
@@ -370,7 +444,7 @@ def _fields(chi, brain, voxel_size, b0_dir, s, pad_factor, dc_value):
     del spec
     if s > 1:  # the block average along the last axis, in image space
         local = local.reshape(*local.shape[:2], -1, s).mean(axis=-1, dtype=np.float32)
-    return total, local
+    return total, local, aniso_local
 
 
 def _sub_voxels(a: np.ndarray, s: int, sel: np.ndarray) -> np.ndarray:
@@ -393,6 +467,7 @@ def simulate_gre(
     pad_factor: float = 2.0,
     dc_value: float = 0.0,
     supersample: int = 2,
+    residual_background_ppm: float = 0.0,
 ) -> GREData:
     """Simulate multi-echo complex GRE data of ``model`` (see the module docstring).
 
@@ -418,6 +493,15 @@ def simulate_gre(
     pad_factor, dc_value : as in :func:`forward_field` (on the supersampled grid).
     supersample : sub-voxels per axis (default 2; 1 = fields and signal straight on the
         target grid). See the module docstring, "Supersampling".
+    residual_background_ppm : rms (ppm, inside the brain) of a smooth non-harmonic field added
+        to the total field only, in the scanner frame, seeded by ``seed`` (0 = off; see
+        :func:`~qsmflow.simulate.realism.residual_background_field`); it is returned in
+        ``extra["residual_background_field"]``.
+
+    A source that realises a :class:`~qsmflow.simulate.realism.RealisticHead` with WM
+    anisotropy (``HeadModelSource(wm_anisotropy_ppm=...)``) gets the anisotropic field added to
+    the total and the local field, on the supersampled grid (``extra["anisotropy_field"]``:
+    that part alone, block-averaged, in the brain; ``chi`` stays the isotropic truth).
     """
     te = tuple(float(t) for t in np.atleast_1d(np.asarray(te_s, dtype=np.float64)))
     if len(te) == 0:
@@ -431,6 +515,13 @@ def simulate_gre(
     if snr is not None and not (snr > 0):
         raise QSMInputError(f"SNR must be positive (or None for noise-free), got {snr}")
     s = check_supersample(supersample)
+    if isinstance(residual_background_ppm, bool) or not (
+        np.isfinite(residual_background_ppm) and residual_background_ppm >= 0
+    ):
+        raise QSMInputError(
+            f"residual_background_ppm must be a finite rms >= 0 (ppm), got "
+            f"{residual_background_ppm!r}"
+        )
 
     if b0_dir is not None:
         mode = "oblique"
@@ -445,6 +536,12 @@ def simulate_gre(
         b = Z.copy()
         rot = np.asarray(fine.rotation, dtype=np.float64)
     fine = _zero_exterior(fine)
+    anisotropy = getattr(fine, "anisotropy", None)
+    extra: dict = {}
+    if getattr(fine, "realism", None):
+        extra["phantom"] = dict(fine.realism)
+    if anisotropy is not None:  # fine-grid data: not for the coarse truth
+        fine = replace(fine, anisotropy=None)
     head = downsample_head(fine, s)  # the truth on the target grid
     shape, vox = head.chi.shape, head.voxel_size
     affine = oblique_affine(b, shape, vox) if mode == "oblique" else centred_affine(shape, vox)
@@ -452,9 +549,30 @@ def simulate_gre(
     brain = head.brain_mask.astype(bool)
 
     # fields on the fine grid, averaged over each voxel
-    total_f, local = _fields(fine.chi, fine.brain_mask, fine.voxel_size, b, s, pad_factor, dc_value)
+    total_f, local, aniso = _fields_and_anisotropy(
+        fine.chi, fine.brain_mask, fine.voxel_size, b, s, pad_factor, dc_value, anisotropy
+    )
+    del anisotropy
+    ss = _seed_sequence(seed)
+    noise_ss, offset_ss, residual_ss = ss.spawn(3)
+    if residual_background_ppm > 0:
+        residual_f = residual_background_field(
+            fine.chi.shape,
+            fine.voxel_size,
+            fine.brain_mask,
+            residual_background_ppm,
+            seed=int(residual_ss.generate_state(1)[0]),
+        )
+        total_f += residual_f
+        extra["residual_background_field"] = np.where(
+            head_mask, block_average(residual_f, s), 0
+        ).astype(np.float32)
+        del residual_f
     total = np.where(head_mask, block_average(total_f, s), 0).astype(np.float32)
     local = np.where(brain, local, 0).astype(np.float32)
+    if aniso is not None:
+        extra["anisotropy_field"] = np.where(brain, aniso, 0).astype(np.float32)
+        del aniso
 
     # tissue maps on the fine grid; the voxel's signal is the mean of its sub-voxels' signals
     head_f = fine.labels > 0
@@ -482,8 +600,6 @@ def simulate_gre(
     m0_g, r2s_g = _sub_voxels(m0_f, s, sel), _sub_voxels(r2s_f, s, sel)
     del m0_f, r2s_f
 
-    ss = _seed_sequence(seed)
-    noise_ss, offset_ss = ss.spawn(2)
     if phase_offset is None:
         phi0 = np.zeros(shape, np.float32)
     elif isinstance(phase_offset, str):
@@ -551,4 +667,5 @@ def simulate_gre(
         dc_value=float(dc_value),
         description=head.description,
         supersample=s,
+        extra=extra,
     )
