@@ -71,8 +71,10 @@ def _inputs(shape):
     local = forward_field(chi, VOXEL, dirs[0])
     phase = np.angle(np.exp(1j * ppm_to_rad(local * 40, TE_S, B0_T))).astype(np.float32)
     fields = np.stack([forward_field(chi, VOXEL, d) * mask for d in dirs])
+    magnitude = (mask * (1.0 - 2.0 * chi)).astype(np.float32)  # a chi-contrast magnitude
     return {
         "mask": mask,
+        "magnitude": magnitude,
         "chi": chi,
         "local": local * mask,
         "phase": phase,
@@ -100,7 +102,7 @@ def main() -> None:
     from qsmflow.physics.bgremove import vsharp
     from qsmflow.physics.cosmos import cosmos
     from qsmflow.physics.forward import forward_field
-    from qsmflow.physics.inversion import cfl2, ndi, star_qsm, tkd
+    from qsmflow.physics.inversion import cfl2, ndi, star_qsm, tkd, tv
     from qsmflow.physics.unwrap import laplacian_unwrap
 
     def torch_rfft(x):
@@ -133,14 +135,24 @@ def main() -> None:
             lambda x: vsharp(x["local"], x["mask"], VOXEL, deconvolution="largest"),
             1.5,
         ),
-        ("TKD (0.15)", lambda x: tkd(x["local"], x["mask"], VOXEL, x["dirs"][0]), 0.15),
+        ("TKD (0.3)", lambda x: tkd(x["local"], x["mask"], VOXEL, x["dirs"][0]), 0.15),
         ("CFL2 (0.01)", lambda x: cfl2(x["local"], x["mask"], VOXEL, x["dirs"][0]), None),
         (
             "NDI (200 iterations)",
             lambda x: ndi(x["local"], x["mask"], VOXEL, x["dirs"][0], iterations=200),
             20.0,
         ),
+        (
+            "NDI (default, 20 iterations)",
+            lambda x: ndi(x["local"], x["mask"], VOXEL, x["dirs"][0]),
+            None,
+        ),
         ("STAR-QSM", lambda x: star_qsm(x["local"], x["mask"], VOXEL, x["dirs"][0]), None),
+        (
+            "TV-ADMM (default, magnitude weights)",
+            lambda x: tv(x["local"], x["mask"], VOXEL, x["dirs"][0], weights=x["magnitude"]),
+            30.0,
+        ),
         (
             "COSMOS 5 orientations (closed form)",
             lambda x: cosmos(x["fields"], x["dirs"], VOXEL, x["mask"], method="closed"),

@@ -32,6 +32,7 @@ from .backends import BACKENDS, DEFAULT_BET_FRAC
 from .errors import QSMInputError
 from .physics.bgremove import DECONVOLUTIONS, DEFAULT_THRESHOLD
 from .physics.cosmos import COSMOS_ITERATIONS, COSMOS_METHODS
+from .physics.inversion import methods_taking
 from .physics.multiecho import UNWRAPPING_METHODS
 from .physics.validation import PHASE_UNITS
 from .steps.inversion import INVERSION_METHODS, check_isdu_options
@@ -75,11 +76,17 @@ class BackgroundConfig:
 class InversionConfig:
     """Single-orientation dipole inversion(s) of the ``qsm`` pipeline."""
 
-    methods: list[str] = dc_field(default_factory=lambda: ["tkd"])
+    #: default: TV with magnitude weights, the most accurate on the realistic-acquisition
+    #: benchmark (README "Which inversion")
+    methods: list[str] = dc_field(default_factory=lambda: ["tv"])
     #: extra keyword options per method, e.g. {"tkd": {"threshold": 0.15}} or
     #: {"isdu": {"weights": "isdu_k4.pt", "tile_size": 96}} (see steps.inversion.ISDU_OPTIONS;
     #: a relative weights path is taken from the directory ``qsmflow run`` is started in)
     options: dict[str, dict[str, Any]] = dc_field(default_factory=dict)
+    #: methods that get the run's multi-echo magnitude as their weights image (methods taking
+    #: ``weights``: tv edge weights as MEDI, ndi data weights); others in the list are ignored
+    #: when not among ``methods``
+    magnitude_weights: list[str] = dc_field(default_factory=lambda: ["tv"])
 
 
 @dataclass
@@ -153,6 +160,14 @@ class PipelineConfig:
             if m not in INVERSION_METHODS:
                 raise QSMInputError(
                     f"unknown inversion method {m!r}; choose from {', '.join(INVERSION_METHODS)}",
+                    source,
+                )
+        takers = methods_taking("weights")
+        for m in self.inversion.magnitude_weights:
+            if m not in takers:
+                raise QSMInputError(
+                    f"inversion.magnitude_weights: {m!r} takes no weights; choose from "
+                    f"{', '.join(takers)}",
                     source,
                 )
         if "isdu" in self.inversion.options:

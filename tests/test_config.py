@@ -19,7 +19,8 @@ def test_defaults_are_valid():
     cfg = PipelineConfig().validate()
     assert cfg.pipeline == "qsm" and cfg.masking.backend == "auto"
     assert cfg.training.patch_size == 64 and cfg.training.stride == 32
-    assert cfg.cosmos.method == "lsq" and cfg.inversion.methods == ["tkd"]
+    assert cfg.cosmos.method == "lsq" and cfg.inversion.methods == ["tv"]
+    assert cfg.inversion.magnitude_weights == ["tv"]
 
 
 def test_nested_values_and_unknown_keys(tmp_path):

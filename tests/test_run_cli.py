@@ -70,9 +70,9 @@ def test_failing_subject_does_not_stop_the_others(simulated_bids, tmp_path, caps
     assert "sub-01                   ok" in text and "sub-02                   FAILED" in text
     assert "brain_mask" in text  # the failing step is named, with its message
     # sub-01 complete, sub-02's other orientation complete, nothing half-written
-    assert (out / "sub-01/anat/sub-01_acq-ori2_desc-tkd_Chimap.nii.gz").is_file()
-    assert (out / "sub-02/anat/sub-02_acq-ori1_desc-tkd_Chimap.nii.gz").is_file()
-    assert not (out / "sub-02/anat/sub-02_acq-ori2_desc-tkd_Chimap.nii.gz").exists()
+    assert (out / "sub-01/anat/sub-01_acq-ori2_desc-tv_Chimap.nii.gz").is_file()
+    assert (out / "sub-02/anat/sub-02_acq-ori1_desc-tv_Chimap.nii.gz").is_file()
+    assert not (out / "sub-02/anat/sub-02_acq-ori2_desc-tv_Chimap.nii.gz").exists()
     assert not list(out.rglob(".tmp-*"))
     for p in out.rglob("sub-*/anat/*.nii.gz"):
         assert np.isfinite(np.asarray(nib.load(p).dataobj)).all()
@@ -148,7 +148,7 @@ def test_invalid_subject_is_skipped_and_reported(simulated_bids, tmp_path, capsy
     captured = capsys.readouterr()
     assert rc == 1
     assert "EchoTime" in captured.err and "SKIPPED" in captured.out
-    assert (out / "sub-02/anat/sub-02_acq-ori1_desc-tkd_Chimap.nii.gz").is_file()
+    assert (out / "sub-02/anat/sub-02_acq-ori1_desc-tv_Chimap.nii.gz").is_file()
     assert not (out / "sub-01").exists()
 
 

@@ -125,6 +125,7 @@ def test_bgremove_cli_equals_node(inputs, tmp_path, monkeypatch):
         ("tkd", ["--threshold", "0.2"], {"threshold": 0.2}),
         ("ndi", ["--iterations", "15", "--lambda", "1e-4"], {"iterations": 15, "alpha": 1e-4}),
         ("star", ["--iterations", "4"], {"iterations": 4}),
+        ("tv", ["--lambda", "3e-4", "--iterations", "20"], {"lam": 3e-4, "iterations": 20}),
         ("isdu", ["--device", "cpu", "--weights", WEIGHTS], {"device": "cpu", "weights": WEIGHTS}),
     ],
 )
@@ -158,4 +159,4 @@ def test_invert_cli_equals_node(
     if method != "isdu":  # defaults filled in, the kernel convention recorded
         assert used["pad"] == 12 and side["DipoleKernelK0"] == 0.0
     if method == "tkd" and not options:
-        assert used["threshold"] == 0.15
+        assert used["threshold"] == 0.3

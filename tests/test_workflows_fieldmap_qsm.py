@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from nipype.interfaces.base import isdefined
 
+from qsmflow.errors import QSMInputError
 from qsmflow.interfaces.fieldmap import BackgroundRemoval, MergeEchoes, MultiEchoField
 from qsmflow.interfaces.inversion import DipoleInversion
 from qsmflow.interfaces.masking import BrainMask
@@ -90,16 +91,26 @@ def test_fieldmap_wf_vsharp_settings():
     assert vsharp.threshold == 0.1 and vsharp.deconvolution == "largest"
 
 
+def test_qsm_wf_rejects_weights_for_absent_methods():
+    with pytest.raises(QSMInputError, match="magnitude weights for tv"):
+        init_qsm_wf(methods=["tkd"], magnitude_weights=["tv"])
+
+
 @pytest.mark.parametrize(
-    ("methods", "options"),
+    ("methods", "options", "weighted"),
     [
-        (["tkd"], {}),
-        (["tkd", "tsvd", "cfl2", "ndi", "star"], {"ndi": {"iterations": 10}}),
-        (["tkd", "isdu"], {"isdu": {"weights": "/abs/w.pt", "tile_size": 96, "device": "cpu"}}),
+        (["tkd"], {}, []),
+        (["tv"], {}, ["tv"]),
+        (["tkd", "tsvd", "cfl2", "ndi", "star", "tv"], {"ndi": {"iterations": 10}}, ["ndi"]),
+        (
+            ["tkd", "isdu"],
+            {"isdu": {"weights": "/abs/w.pt", "tile_size": 96, "device": "cpu"}},
+            [],
+        ),
     ],
 )
-def test_qsm_wf_graph(methods, options):
-    wf = init_qsm_wf(methods=methods, options=options, name="qsm_x_wf")
+def test_qsm_wf_graph(methods, options, weighted):
+    wf = init_qsm_wf(methods=methods, options=options, magnitude_weights=weighted, name="qsm_x_wf")
     assert wf.name == "qsm_x_wf"
     expected = set()
     for m in methods:
@@ -108,6 +119,8 @@ def test_qsm_wf_graph(methods, options):
             ("inputnode", "mask", f"invert_{m}", "mask"),
             (f"invert_{m}", "chi", "outputnode", f"chi_{m}"),
         }
+    # the magnitude goes to exactly the methods asked to use it, as their weights image
+    expected |= {("inputnode", "magnitude", f"invert_{m}", "weights_image") for m in weighted}
     assert _edges(wf) == expected
     for m in methods:
         node = wf.get_node(f"invert_{m}")

@@ -2,7 +2,7 @@
 
 The demo runs the same commands a user would type: ``qsmflow simulate`` (a 3-orientation
 multi-echo GRE BIDS dataset with the head rotated between orientations), ``qsmflow run`` with
-the ``qsm`` pipeline (brain mask, field fit, V-SHARP, TKD/CFL2/NDI/STAR per orientation), again
+the ``qsm`` pipeline (brain mask, field fit, V-SHARP, TKD/CFL2/NDI/STAR/TV per orientation), again
 with the ``cosmos`` pipeline (the cached field maps are reused: only registration and COSMOS
 are computed), and ``qsmflow evaluate`` of every map against the simulation's true
 susceptibility in one common mask.
@@ -15,7 +15,7 @@ import json
 import time
 from pathlib import Path
 
-METHODS = ("tkd", "cfl2", "ndi", "star")
+METHODS = ("tkd", "cfl2", "ndi", "star", "tv")
 SUBJECT = "sub-01"
 REFERENCE = "ori1"
 
@@ -27,7 +27,8 @@ def register(subparsers) -> None:
         description=(
             "Simulate a 3-orientation multi-echo GRE BIDS dataset of the built-in phantom (2 mm, "
             "3 T, head rotated between orientations) under OUTPUT_DIR/bids, then run the BIDS "
-            "App on it (`qsmflow run ... --pipeline qsm` with TKD, CFL2, NDI and STAR-QSM, then "
+            "App on it (`qsmflow run ... --pipeline qsm` with TKD, CFL2, NDI, STAR-QSM and "
+            "magnitude-weighted TV, then "
             "`--pipeline cosmos`, sharing the Nipype cache OUTPUT_DIR/work) into "
             "OUTPUT_DIR/derivatives/qsmflow: brain masks from the magnitude, multi-echo field "
             "fit, V-SHARP, single-orientation inversions, rigid registration to the reference "

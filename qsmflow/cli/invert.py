@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+import numpy as np
+
 HELP = (
     "dipole inversion of a local field (ppm) to susceptibility (ppm): TKD, TSVD, CFL2, NDI, "
-    "STAR, ISDU-QSMNet"
+    "STAR, TV, ISDU-QSMNet"
 )
 
 DESCRIPTION = """\
@@ -21,19 +23,30 @@ zero-padded by --pad voxels per side (rounded up to a fast FFT size) against wra
 
 Methods and the options they use:
   tkd   truncated k-space division: 1/D where |D| > t, sign(D)/t elsewhere (k = 0 -> +1/t);
-        --threshold t (default 0.15)
+        --threshold t (default {tkd_threshold})
   tsvd  truncated SVD: 1/D where |D| > t, 0 elsewhere; --threshold t (default 0.15)
   cfl2  closed-form Tikhonov D/(D^2 + lambda Gamma); --lambda (default 0.01), --regulariser
         identity (Gamma = 1, default) or gradient (Gamma = |grad|^2 symbol, lambda in mm^2)
   ndi   nonlinear dipole inversion (Polak 2020), gradient descent with step 2;
-        --iterations (default 200), --lambda = Tikhonov alpha (default 1e-5), --weights MAG
-        (data weights, rescaled by their 99th percentile). On a ppm field NDI is Landweber
-        iteration; with --b0-tesla and --te-s the field is converted to radians at that echo
-        time for the data term (the paper's nonlinear behaviour); output is ppm either way.
-  star  two-level sparse (l1) inversion in the spirit of STAR-QSM (Wei 2015, our
-        re-implementation): --threshold = kernel threshold (default 0.065), --lambda = relative
-        l1 weight of the weak-source pass (default 1e-4), --iterations = max iterations per
-        pass (default 20 and 40). Scale-invariant: no TE/B0 needed.
+        --stop discrepancy (default: stop when the residual rms reaches the noise level of
+        the field, --noise-ppm or else estimated from the field) or iterations (run exactly
+        --iterations); --iterations = the most steps (default {ndi_iterations}), --lambda =
+        Tikhonov alpha (default 1e-5), --weights MAG (data weights, rescaled by their 99th
+        percentile). On a ppm field NDI is Landweber iteration; with --b0-tesla and --te-s
+        the field is converted to radians at that echo time for the data term (the paper's
+        nonlinear behaviour); output is ppm either way.
+  star  STAR-QSM (Wei 2015): two SpaRSA passes of l1-regularised inversion with the kernel
+        thresholded at --threshold (default 0.065), strong sources first, then weak ones:
+        --strong-lambda / --lambda = relative l1 weights of the two passes (default
+        {star_strong} and {star_weak}, times max|A^T f|, so no unit dependence: no TE/B0
+        needed), --iterations = most iterations per pass (default {star_iterations}), --tol =
+        relative objective change that ends a pass (default {star_tol}).
+  tv    total-variation regularised inversion, ADMM with FFT solves (Bilgic 2014 family):
+        min 1/2||D chi - f||^2 + lambda ||G grad chi||_1; --lambda in ppm/(ppm/mm) (default
+        {tv_lam}), --iterations (most ADMM steps, default {tv_iterations}), --tol (relative
+        change of chi that stops it, default {tv_tol}), --weights MAG: MEDI-style edge weights
+        G = 0 on the --edge-fraction (default {tv_edge}) of mask voxels with the largest
+        magnitude gradient, 1 elsewhere (a 4-D magnitude is combined as the rms over echoes).
   isdu  ISDU-QSMNet (unrolled network, qsmflow.models.isdu): --weights FILE = a qsmflow
         checkpoint, the authors' single-denoiser .pth (e.g. their K=1 checkpoint; every one of
         the K denoisers starts as a copy) or their unshared model_*.pt dict, read with
@@ -50,8 +63,28 @@ Methods and the options they use:
 """
 
 #: The step option each method-dependent flag sets (the step checks which method takes it).
-_LAMBDA_OPTION = {"cfl2": "lam", "ndi": "alpha", "star": "weak_lambda"}
+_LAMBDA_OPTION = {"cfl2": "lam", "ndi": "alpha", "star": "weak_lambda", "tv": "lam"}
 _THRESHOLD_OPTION = {"star": "kernel_threshold"}
+
+
+def _description() -> str:
+    """:data:`DESCRIPTION` with each method's defaults read from its signature."""
+    from ..physics.inversion import method_options
+
+    ndi, star, tv = (method_options(m) for m in ("ndi", "star", "tv"))
+    star_its = np.broadcast_to(np.asarray(star["iterations"]), (2,))
+    return DESCRIPTION.format(
+        tkd_threshold=method_options("tkd")["threshold"],
+        ndi_iterations=ndi["iterations"],
+        star_strong=star["strong_lambda"],
+        star_weak=star["weak_lambda"],
+        star_iterations=" and ".join(str(int(i)) for i in star_its),
+        star_tol=star["tol"],
+        tv_lam=tv["lam"],
+        tv_iterations=tv["iterations"],
+        tv_tol=tv["tol"],
+        tv_edge=tv["edge_fraction"],
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -60,7 +93,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "invert",
         help=HELP,
-        description=DESCRIPTION,
+        description=_description(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("field", metavar="LOCALFIELD", help="local field NIfTI (3-D), ppm of B0")
@@ -69,21 +102,31 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--method", choices=INVERSION_METHODS, default="tkd", help="inversion (default tkd)"
     )
-    p.add_argument("--threshold", type=float, help="kernel threshold (tkd/tsvd 0.15, star 0.065)")
+    p.add_argument("--threshold", type=float, help="kernel threshold (tkd/tsvd, star)")
     p.add_argument(
         "--lambda",
         dest="lam",
         type=float,
-        help="cfl2: lambda (0.01); ndi: alpha (1e-5); star: weak-pass l1 weight (1e-4)",
+        help="cfl2: lambda; ndi: alpha; star: weak-pass l1 weight; tv: TV weight",
     )
+    p.add_argument("--strong-lambda", type=float, help="star: strong-pass l1 weight")
     p.add_argument(
         "--regulariser", choices=("identity", "gradient"), help="cfl2 only (default identity)"
     )
-    p.add_argument("--iterations", type=int, help="ndi (200) / star per pass (20, 40) / isdu K (4)")
+    p.add_argument("--iterations", type=int, help="ndi / tv most steps; star per pass; isdu K")
+    p.add_argument("--tol", type=float, help="star / tv: relative change that stops it")
+    p.add_argument(
+        "--stop", choices=("discrepancy", "iterations"), help="ndi: stopping rule (discrepancy)"
+    )
+    p.add_argument("--noise-ppm", type=float, help="ndi: noise sd of the field, ppm (estimated)")
+    p.add_argument(
+        "--edge-fraction", type=float, help="tv: fraction of mask voxels left unpenalised"
+    )
     p.add_argument(
         "--weights",
         metavar="FILE",
-        help="ndi: data weights NIfTI (e.g. magnitude); isdu: model weights (.pt/.pth)",
+        help="ndi / tv: magnitude NIfTI (3-D or 4-D; data / edge weights); isdu: model "
+        "weights (.pt/.pth)",
     )
     p.add_argument(
         "--shared-weights", action="store_true", help="isdu: one denoiser for all K iterations"
@@ -123,6 +166,11 @@ def step_options(args: argparse.Namespace) -> dict:
         _LAMBDA_OPTION.get(method, "lambda"): args.lam,
         "regulariser": args.regulariser,
         "iterations": args.iterations,
+        "strong_lambda": args.strong_lambda,
+        "tol": args.tol,
+        "stop": args.stop,
+        "noise_ppm": args.noise_ppm,
+        "edge_fraction": args.edge_fraction,
         "pad": args.pad,
         "shared_weights": True if args.shared_weights else None,
         "device": args.device,

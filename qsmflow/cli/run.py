@@ -79,7 +79,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--methods",
         nargs="+",
         choices=INVERSION_METHODS,
-        help="inversions of the qsm pipeline (default tkd)",
+        help="inversions of the qsm pipeline (default tv, with the magnitude as weights)",
+    )
+    p.add_argument(
+        "--magnitude-weights",
+        nargs="*",
+        metavar="METHOD",
+        help="methods given the multi-echo magnitude as weights (tv: MEDI-style edge weights, "
+        "ndi: data weights; default tv); no METHOD: none",
     )
     p.add_argument(
         "--dry-run",
@@ -117,6 +124,8 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
         cfg.registration.backend = args.registration_backend
     if args.methods:
         cfg.inversion.methods = list(args.methods)
+    if args.magnitude_weights is not None:
+        cfg.inversion.magnitude_weights = list(args.magnitude_weights)
     if args.plugin:
         cfg.execution.plugin = args.plugin
     if args.nprocs:

@@ -30,7 +30,10 @@ class _DipoleInversionInputSpec(BaseInterfaceInputSpec):
     mask = File(exists=True, mandatory=True, desc="mask of valid local-field voxels")
     method = traits.Enum(*INVERSION_METHODS, usedefault=True, desc="inversion method")
     options = traits.Dict(traits.Str, traits.Any, desc="the method's keyword options")
-    weights_image = File(exists=True, desc="ndi only: data weights (e.g. the magnitude)")
+    weights_image = File(
+        exists=True,
+        desc="ndi / tv: the magnitude (3-D or 4-D): ndi data weights, tv edge weights",
+    )
 
 
 class _DipoleInversionOutputSpec(TraitedSpec):

@@ -19,7 +19,7 @@ from ..errors import QSMInputError
 from ..io.nifti import load_volume, save_volume
 from ..physics.inversion import METHODS, invert, methods_taking, resolve_options
 from ..physics.kernel import normalise_b0_dir
-from ..physics.validation import check_finite, check_same_grid
+from ..physics.validation import check_finite, check_same_affine, check_same_grid
 from . import StepResult, sources
 from .fieldmap import load_field_and_mask
 
@@ -88,6 +88,30 @@ def _isdu(
     return chi, {**used, "float64": float64}, isdu_sidecar(info)
 
 
+def _weights_volume(path: str | os.PathLike, method: str, vol, mask: np.ndarray) -> np.ndarray:
+    """The magnitude weights image of ``path`` as one 3-D volume on the field's grid.
+
+    A 4-D (multi-echo) magnitude is combined as the root-mean-square over echoes (as SEPIA).
+    """
+    takers = methods_taking("weights")
+    if method not in takers:
+        raise QSMInputError(
+            f"a weights image applies to {', '.join(takers)} only, not {method}", str(path)
+        )
+    wvol = load_volume(path, ndim=None)
+    data = np.asarray(wvol.data, dtype=np.float32)
+    if data.ndim == 4:
+        data = np.sqrt(np.mean(np.square(data), axis=3))
+    elif data.ndim != 3:
+        raise QSMInputError(f"weights image must be 3-D or 4-D, got shape {data.shape}", wvol.path)
+    check_same_grid(data.shape, vol.data.shape, f"weights vs {vol.path}", wvol.path)
+    check_same_affine(wvol.affine, vol.affine, f"weights vs {vol.path}", wvol.path)
+    data = check_finite(data, "weights", wvol.path, mask=mask)
+    if np.any(data[mask] < 0):
+        raise QSMInputError("weights (magnitude) must be >= 0 inside the mask", wvol.path)
+    return data
+
+
 def invert_file(
     field: str | os.PathLike,
     mask: str | os.PathLike,
@@ -104,9 +128,10 @@ def invert_file(
     ``method`` is one of :data:`INVERSION_METHODS`; ``options`` are its keyword options
     (physics methods: :func:`qsmflow.physics.inversion.method_options`; ``isdu``:
     :data:`ISDU_OPTIONS`); an option the method does not take is an error. ``b0_dir`` (array
-    axes) overrides the direction from the affine. ``weights_image`` (NDI only): data weights,
-    e.g. the magnitude. ``float64`` computes in float64 and writes float64. Writes chi (ppm, 0
-    outside the mask) to ``output``. Value ``b0_dir``: the unit B0 direction used.
+    axes) overrides the direction from the affine. ``weights_image`` (methods taking
+    ``weights``: ndi data weights, tv edge weights): the magnitude, 3-D or 4-D (echoes combined
+    as their root-mean-square). ``float64`` computes in float64 and writes float64. Writes chi
+    (ppm, 0 outside the mask) to ``output``. Value ``b0_dir``: the unit B0 direction used.
     """
     if method not in INVERSION_METHODS:
         raise QSMInputError(
@@ -126,11 +151,7 @@ def invert_file(
             raise QSMInputError(f"option {', '.join(isdu_only)} applies to isdu only")
         used = resolve_options(method, options)
         if weights_image is not None:
-            if method != "ndi":
-                raise QSMInputError(f"a weights image applies to ndi only, not {method}")
-            wvol = load_volume(weights_image, ndim=3)
-            check_same_grid(wvol.data.shape, vol.data.shape, f"weights vs {vol.path}", wvol.path)
-            used["weights"] = check_finite(wvol.data, "weights", wvol.path, mask=mask_arr)
+            used["weights"] = _weights_volume(weights_image, method, vol, mask_arr)
         chi = invert(method, data, mask_arr, vol.voxel_size, b0, dtype=dtype, **used)
         used = {k: v for k, v in used.items() if k != "weights"}
         used["dtype"] = np.dtype(dtype).name

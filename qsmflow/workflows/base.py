@@ -211,12 +211,18 @@ def _add_run(
     )
     wf.connect([(fmap, ds, _same_names(_RUN_DERIVATIVES))])
     if methods:
-        qsm = init_qsm_wf(methods=methods, options=config.inversion.options, name=f"qsm_{label}_wf")
+        qsm = init_qsm_wf(
+            methods=methods,
+            options=config.inversion.options,
+            magnitude_weights=[m for m in config.inversion.magnitude_weights if m in methods],
+            name=f"qsm_{label}_wf",
+        )
         chis = [f"chi_{m}" for m in methods]
         # fmt: off
         wf.connect([
             (fmap, qsm, [("outputnode.local_field", "inputnode.local_field"),
-                         ("outputnode.local_mask", "inputnode.mask")]),
+                         ("outputnode.local_mask", "inputnode.mask"),
+                         ("outputnode.magnitude", "inputnode.magnitude")]),
             (qsm, ds, _same_names(chis)),
         ])
         # fmt: on

@@ -8,6 +8,7 @@ from typing import Any
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+from ..errors import QSMInputError
 from ..interfaces.inversion import DipoleInversion
 
 #: Memory (GB) announced to Nipype's MultiProc scheduler for an ISDU-QSMNet node (a whole brain
@@ -17,8 +18,9 @@ ISDU_NODE_MEM_GB = 3.0
 
 def init_qsm_wf(
     *,
-    methods: Sequence[str] = ("tkd",),
+    methods: Sequence[str] = ("tv",),
     options: Mapping[str, Mapping[str, Any]] | None = None,
+    magnitude_weights: Sequence[str] = (),
     name: str = "qsm_wf",
 ) -> pe.Workflow:
     """Build the single-orientation inversion workflow: one node per method.
@@ -35,6 +37,9 @@ def init_qsm_wf(
         Inversion methods, from :data:`qsmflow.steps.inversion.INVERSION_METHODS`.
     options : mapping of str to mapping, optional
         Keyword options per method, e.g. ``{"tkd": {"threshold": 0.15}}``.
+    magnitude_weights : sequence of str
+        Methods (of ``methods``, each taking ``weights``: ndi, tv) that get the multi-echo
+        magnitude as their weights image (tv: MEDI-style edge weights; ndi: data weights).
     name : str
         Workflow name.
 
@@ -44,6 +49,8 @@ def init_qsm_wf(
         Local field, ppm of B0.
     mask
         Mask of valid local-field voxels.
+    magnitude
+        Magnitude (3-D or 4-D, echoes combined by their rms), used by ``magnitude_weights``.
 
     Outputs
     -------
@@ -52,7 +59,12 @@ def init_qsm_wf(
     """
     options = options or {}
     wf = pe.Workflow(name=name)
-    inputnode = pe.Node(niu.IdentityInterface(fields=["local_field", "mask"]), name="inputnode")
+    unknown = [m for m in magnitude_weights if m not in methods]
+    if unknown:
+        raise QSMInputError(f"magnitude weights for {', '.join(unknown)}, not among {methods}")
+    inputnode = pe.Node(
+        niu.IdentityInterface(fields=["local_field", "mask", "magnitude"]), name="inputnode"
+    )
     outputnode = pe.Node(
         niu.IdentityInterface(fields=[f"chi_{m}" for m in methods]), name="outputnode"
     )
@@ -67,4 +79,6 @@ def init_qsm_wf(
             (node, outputnode, [("chi", f"chi_{method}")]),
         ])
         # fmt: on
+        if method in magnitude_weights:
+            wf.connect([(inputnode, node, [("magnitude", "weights_image")])])
     return wf
