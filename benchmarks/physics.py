@@ -143,7 +143,7 @@ def main() -> None:
             20.0,
         ),
         (
-            "NDI (default, 20 iterations)",
+            "NDI (default, 15 iterations)",
             lambda x: ndi(x["local"], x["mask"], VOXEL, x["dirs"][0]),
             None,
         ),
