@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # runs from a checkout without installing qsmflow
 
 from qsmflow.evaluation.realistic import (  # noqa: E402
     ROI_LABELS,
