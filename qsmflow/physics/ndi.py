@@ -8,25 +8,8 @@ import numpy as np
 
 from ..errors import QSMInputError
 from . import _fft
+from .masks import magnitude_weights
 from .padded import DEFAULT_PAD, PaddedField, irfftn_owned
-from .validation import check_finite, check_volume
-
-
-def _ndi_weights(weights: np.ndarray | None, mask: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """W in [0, 1]: the mask, or ``weights`` / (99th percentile inside the mask), capped at 1."""
-    if weights is None:
-        return mask.astype(dtype)
-    w = check_volume(weights, "NDI weights")
-    if w.shape != mask.shape:
-        raise QSMInputError(f"NDI weights grid {w.shape} does not match the field {mask.shape}")
-    w = check_finite(w, "NDI weights", mask=mask)
-    if np.any(w[mask] < 0):
-        raise QSMInputError("NDI weights must be >= 0 (e.g. the magnitude image)")
-    scale = float(np.percentile(w[mask], 99))
-    if scale <= 0:
-        raise QSMInputError("NDI weights are zero inside the mask")
-    return np.where(mask, np.minimum(w / scale, 1.0), 0).astype(dtype)
-
 
 #: Stopping rules of :func:`ndi`.
 NDI_STOPS = ("discrepancy", "iterations")
@@ -146,7 +129,7 @@ def ndi(
         raise QSMInputError(f"NDI tol must be >= 0, got {tol!r}")
     p = PaddedField(field_ppm, mask, voxel_size, b0_dir, pad, dtype)
     ft = p.dtype.type
-    w_pad, _ = _fft.pad_to(_ndi_weights(weights, p.mask, p.dtype), p.pshape)
+    w_pad, _ = _fft.pad_to(magnitude_weights(weights, p.mask, "NDI weights", p.dtype), p.pshape)
     w2 = w_pad * w_pad
     target = None
     if stop == "discrepancy":

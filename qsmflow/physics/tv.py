@@ -12,6 +12,7 @@ import numpy as np
 from ..errors import QSMInputError
 from . import _fft
 from .kernel import check_voxel_size
+from .masks import magnitude_weights
 from .padded import DEFAULT_PAD, PaddedField, irfftn_owned
 from .validation import check_finite, check_mask, check_volume
 
@@ -125,15 +126,9 @@ def _check_tv_options(lam, rho, iterations, tol, edge_fraction) -> None:
 
 def data_weights(magnitude: np.ndarray | None, mask: np.ndarray) -> np.ndarray:
     """W in [0, 1] for the data term: the mask, or the magnitude divided by its 99th
-    percentile inside the mask, capped at 1 and 0 outside the mask (as SEPIA's NDI)."""
-    mask = np.asarray(mask, bool)
-    if magnitude is None:
-        return mask.astype(np.float32)
-    mag = np.asarray(magnitude, dtype=np.float32)
-    scale = float(np.percentile(mag[mask], 99))
-    if not scale > 0:
-        raise QSMInputError("TV weights (magnitude) are zero inside the mask")
-    return np.where(mask, np.minimum(mag / np.float32(scale), 1), 0).astype(np.float32)
+    percentile inside the mask, capped at 1 and 0 outside the mask (:func:`magnitude_weights`,
+    the same weights as NDI's)."""
+    return magnitude_weights(magnitude, mask, "TV weights (magnitude)")
 
 
 def tv(
