@@ -52,6 +52,8 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
 def capture_rng(device: torch.device) -> dict[str, Any]:
     """The torch, CUDA (on a CUDA ``device``), numpy and python RNG states of this process, as
     tensors and plain values (loadable with ``weights_only=True``)."""
+    # the legacy global numpy RNG on purpose: third-party code (e.g. torch data loading helpers)
+    # draws from it, so an exact resume must capture it
     key, keys, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002
     version, internal, gauss_next = random.getstate()
     state: dict[str, Any] = {
@@ -74,7 +76,7 @@ def restore_rng(state: dict[str, Any], device: torch.device) -> None:
     """Put back the RNG states of :func:`capture_rng`."""
     torch.set_rng_state(state["torch"])
     nps = state["numpy"]
-    np.random.set_state(  # noqa: NPY002
+    np.random.set_state(  # noqa: NPY002 (see capture_rng)
         (
             nps["key"],
             nps["keys"].numpy().astype(np.uint32),
@@ -92,7 +94,7 @@ def restore_rng(state: dict[str, Any], device: torch.device) -> None:
 def seed_everything(seed: int) -> None:
     """Seed the python, numpy (legacy global) and torch RNGs."""
     random.seed(seed)
-    np.random.seed(seed % 2**32)  # noqa: NPY002
+    np.random.seed(seed % 2**32)  # noqa: NPY002 (the legacy global RNG others draw from)
     torch.manual_seed(seed)
 
 
