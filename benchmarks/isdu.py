@@ -1,7 +1,13 @@
 """ISDU-QSMNet: whole-volume inference time and peak memory, and training-step throughput.
 
-Run: ``python benchmarks/isdu.py [--quick] [--shipped] [--width 32] [--channels-last]
-[--repeats 1] [--tile 80] [--devices cpu cuda]``
+Run: ``python benchmarks/isdu.py [--quick] [--shipped | --authors] [--width 32]
+[--channels-last] [--repeats 1] [--tile 80] [--devices cpu cuda]``
+
+``--authors`` (the acceptance case of the measured-data issue): the authors' width-32 weights
+(``$QSMFLOW_REFERENCE/k1_full_Spinet_QSM_model_26_.pth`` as K = 4 unshared denoisers) at 160^3,
+once through qsmflow's inference and once through the authors' reference flow (their
+data-consistency path, ``dc_mode="reference"``, the plain network on the whole array), in the
+same run; prints the speed-up (goal >= 2x) beside the 60 s goal.
 
 Inference (:func:`qsmflow.models.inference.predict_volume`, float32, eval mode, no_grad) of a
 K = 4 unshared model on 160^3 and 224x224x126 (0.982x0.982x1 mm, oblique B0), whole volume and
@@ -32,6 +38,7 @@ steps after a warm-up).
 from __future__ import annotations
 
 import argparse
+import itertools
 import multiprocessing as mp
 import os
 import resource
@@ -48,6 +55,14 @@ from _harness import _rss_mb  # noqa: E402
 
 VOXEL = (0.982, 0.982, 1.0)
 B0_DIR = (0.0, 0.2588, 0.9659)  # 15 degrees oblique
+REFERENCE = Path(
+    os.environ.get(
+        "QSMFLOW_REFERENCE", Path(__file__).resolve().parents[2] / "shared/reference/isdu"
+    )
+)
+#: The authors' K = 1 weights (width 32): every one of the K denoisers a copy.
+AUTHORS_K1 = REFERENCE / "k1_full_Spinet_QSM_model_26_.pth"
+AUTHORS = {"on": False}
 EPOCH_PATCHES = 16_800
 EPOCH_GOAL_S = 12 * 60
 
@@ -129,13 +144,18 @@ def measure_cuda(setup, step, repeats: int, warmup: bool) -> dict:
 WIDTH = {"value": 32}  # denoiser width of the random-weight model (--width)
 
 
-def _model(n_iterations: int, shipped: bool):
-    """The paper's architecture (random weights, K unshared) or the shipped default weights."""
+def _model(n_iterations: int, shipped: bool, authors: bool = False, dc_mode: str = "auto"):
+    """The paper's architecture (random weights, K unshared), the shipped default weights, or
+    the authors' K = 1 weights as K unshared copies (``authors``)."""
     import torch
 
     from qsmflow.models import ISDUQSMNet
 
     torch.manual_seed(0)
+    if authors:
+        from qsmflow.models import load_isdu
+
+        return load_isdu(AUTHORS_K1, n_iterations=n_iterations, dc_mode=dc_mode)
     if shipped:
         from qsmflow.models.inference import load_inference_model
 
@@ -143,9 +163,18 @@ def _model(n_iterations: int, shipped: bool):
     return ISDUQSMNet(n_iterations=n_iterations, shared_weights=False, width=WIDTH["value"])
 
 
-def inference_case(shape, n_iterations: int, tile: int | None, device: str, shipped=False):
+def inference_case(
+    shape, n_iterations: int, tile: int | None, device: str, shipped=False, flow="qsmflow"
+):
+    """``flow`` "qsmflow": predict_volume with its defaults (fused denoisers, 1^3 convolutions
+    as GEMMs, denoisers on the brain's box, closed-form data consistency); "reference": the
+    authors' flow (dc_mode="reference": per-sample loop, complex128 CG also for p = 2, plain
+    eval-mode network, the whole array)."""
+
     def setup():
-        model = _model(n_iterations, shipped).eval().to(device)
+        authors = AUTHORS["on"]
+        dc_mode = "reference" if flow == "reference" else "auto"
+        model = _model(n_iterations, shipped, authors, dc_mode).eval().to(device)
         phi, mask = _volume(shape)
         return model, phi, mask
 
@@ -153,6 +182,10 @@ def inference_case(shape, n_iterations: int, tile: int | None, device: str, ship
         from qsmflow.models.inference import predict_volume
 
         model, phi, mask = x
+        if flow == "reference":
+            return predict_volume(
+                model, phi, mask, VOXEL, B0_DIR, device=device, fuse=False, crop_margin=None
+            )
         return predict_volume(model, phi, mask, VOXEL, B0_DIR, device=device, tile_size=tile)
 
     return setup, step
@@ -221,9 +254,20 @@ def main() -> None:
         help="time the shipped weights' architecture (qsmflow/data/isdu_default.pt: K and width "
         "from the file) instead of the paper's (width 32, K = --iterations)",
     )
+    ap.add_argument(
+        "--authors",
+        action="store_true",
+        help="time the authors' width-32 weights (their K = 1 .pth as K unshared denoisers) and "
+        "their reference flow on the same volume, and print the speed-up",
+    )
     args = ap.parse_args()
 
     import torch
+
+    AUTHORS["on"] = bool(args.authors)
+    if args.authors and not AUTHORS_K1.is_file():
+        print(f"skipped: the authors' weights are not in {REFERENCE} (set QSMFLOW_REFERENCE)")
+        return
 
     k = args.iterations
     WIDTH["value"] = args.width
@@ -242,6 +286,9 @@ def main() -> None:
         inference = [(cube, k, None), (cube, k, args.tile), (big, k, None), (big, k, args.tile)]
     if args.shipped:  # K is fixed by the file
         inference = [(cube, k, None), (cube, k, args.tile), (big, k, None)]
+    flows = ["qsmflow", "reference"] if args.authors else ["qsmflow"]
+    if args.authors:  # the acceptance case: 160^3, K = 4, ours and theirs in the same run
+        inference = [(cube, k, None)]
     cpu_patch = args.train_patch or (32 if quick else 64)
     train_repeats = args.repeats or 2
     # whether CUDA exists, asked in a throw-away child so that this process can still fork
@@ -264,16 +311,24 @@ def main() -> None:
     for device in sorted(devices, key=lambda d: d != "cpu"):
         measure = measure_cpu if device == "cpu" else measure_cuda
         if not args.skip_inference:
-            for shape, n_it, tile in inference:
+            for (shape, n_it, tile), flow in itertools.product(inference, flows):
                 name = f"infer {'x'.join(map(str, shape))} K={n_it} " + (
                     f"tile {tile}" if tile else "whole"
                 )
                 if args.shipped:
                     name = "shipped " + name
-                goal = shape == (160, 160, 160) and n_it == 4 and device == "cpu"
-                setup, step = inference_case(shape, n_it, tile, device, args.shipped)
+                if args.authors:
+                    name = ("authors' flow " if flow == "reference" else "authors' w. ") + name
+                goal = (
+                    shape == (160, 160, 160) and n_it == 4 and device == "cpu" and flow == "qsmflow"
+                )
+                setup, step = inference_case(shape, n_it, tile, device, args.shipped, flow)
                 r = measure(setup, step, repeats, warmup)
                 record(name, device, r, 60.0 if goal else None, 6144.0 if goal else None)
+            if args.authors and len(rows) >= 2:
+                ours, ref = rows[-2]["best_s"], rows[-1]["best_s"]
+                print(f"  speed-up over the reference flow: {ref / ours:.2f}x (goal >= 2x)")
+                SPEEDUP[device] = ref / ours
         if not args.skip_training:
             patch = cpu_patch if device == "cpu" else 64
             setup, step = training_case(
@@ -293,7 +348,7 @@ def main() -> None:
     print(
         f"\nISDU-QSMNet benchmark ({os.cpu_count()} cores, torch {torch.__version__}, "
         f"{threads} threads; "
-        f"{'shipped' if args.shipped else f'random width-{args.width}'} weights; "
+        f"{WEIGHTS_LABEL[(args.shipped, args.authors)].format(width=args.width)} weights; "
         f"{'quick: no warm-up, ' if quick else ''}"
         f"{repeats} timed call(s))"
     )
@@ -326,6 +381,20 @@ def main() -> None:
         if r.get("error"):
             line += f"  ERROR {r['error']}"
         print(line)
+    for device, factor in SPEEDUP.items():
+        ok = "yes" if factor >= 2 else "NO"
+        print(f"speed-up over the authors' reference flow [{device}]: {factor:.2f}x (>= 2x: {ok})")
+
+
+#: (shipped, authors) -> the weights line of the table's title
+WEIGHTS_LABEL = {
+    (False, False): "random width-{width}",
+    (True, False): "shipped",
+    (False, True): "the authors' width-32",
+    (True, True): "the authors' width-32",
+}
+#: device -> speed-up of qsmflow's inference over the authors' reference flow (--authors)
+SPEEDUP: dict[str, float] = {}
 
 
 def _cuda_available() -> bool:

@@ -26,6 +26,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,9 @@ CASES = {
     "3t-2mm": ("3t", (2.0, 2.0, 2.0)),
 }
 
+#: Test-time adaptation steps of the ``isdu+adapt`` row (``qsmflow invert --adapt N``).
+ADAPT_STEPS = 5
+
 #: The table's rows: each method with its defaults, plus the references that explain them.
 METHODS = {
     "tkd": MethodSpec("tkd", "tkd"),
@@ -61,10 +65,12 @@ METHODS = {
     "star": MethodSpec("star", "star"),
     "tv": MethodSpec("tv", "tv"),
     "tv+mag": MethodSpec("tv+mag", "tv", magnitude_weights=True),
+    "isdu": MethodSpec("isdu", "isdu"),
+    "isdu+adapt": MethodSpec("isdu+adapt", "isdu", {"adapt": ADAPT_STEPS}),
 }
 
 
-def run_case(name: str, methods: list[str], seed: int) -> dict:
+def run_case(name: str, methods: list[str], seed: int, isdu_weights: str | None = None) -> dict:
     from qsmflow.simulate.realism import simulate_realistic
 
     preset, vox = CASES[name]
@@ -73,7 +79,15 @@ def run_case(name: str, methods: list[str], seed: int) -> dict:
     sim_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory(prefix=f"qsmflow-realistic-{name}-") as work:
         proc = process_acquisition(gre, work)
-        rows = score_methods(gre, [METHODS[m] for m in methods], work, processed=proc)
+        specs = [METHODS[m] for m in methods]
+        if isdu_weights:
+            specs = [
+                replace(sp, options={**sp.options, "weights": isdu_weights})
+                if sp.method == "isdu"
+                else sp
+                for sp in specs
+            ]
+        rows = score_methods(gre, specs, work, processed=proc)
     return {
         "case": name,
         "preset": preset,
@@ -123,6 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="the 2 mm 3 T case only")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    ap.add_argument(
+        "--isdu-weights",
+        metavar="FILE",
+        help="weights of the isdu rows (default: the shipped ones), e.g. an earlier release",
+    )
     args = ap.parse_args(argv)
     if not (DATA / "qsm2_head_model").is_dir():
         print(f"skipped: no head model in {DATA} (set QSMFLOW_TEST_DATA)")
@@ -131,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     cases = args.cases or (["3t-2mm"] if args.quick else full)
     results = []
     for case in cases:
-        result = run_case(case, args.methods, args.seed)
+        result = run_case(case, args.methods, args.seed, args.isdu_weights)
         print_case(result)
         results.append(result)
     if args.json:

@@ -12,7 +12,13 @@ from qsmflow.errors import QSMInputError
 
 REPO = Path(__file__).resolve().parents[1]
 #: ``qsmflow run`` presets; ``train-*.toml`` are ``qsmflow train`` presets (tests/test_training.py)
-PRESETS = sorted(p for p in (REPO / "workflows").glob("*.toml") if not p.name.startswith("train-"))
+#: Pipeline presets: every TOML in workflows/ except the training presets (train-*.toml, read by
+#: tests/test_training.py) and the realistic-patch recipe (tests/test_realistic_patches.py).
+PRESETS = sorted(
+    p
+    for p in (REPO / "workflows").glob("*.toml")
+    if not p.name.startswith("train-") and p.name != "realistic-patches.toml"
+)
 
 
 def test_defaults_are_valid():

@@ -477,3 +477,51 @@ def test_cli_tiny_preset(tmp_path, capsys):
         ["train", "--config", str(preset), "--patches", str(tmp_path / "x"), "--output", str(out)]
     )
     assert rc == 2
+
+
+# ------------------------------------------------------- mixed data, whole-model fine-tuning
+
+
+def test_mixed_dataset_concatenates_and_forwards_epochs():
+    from qsmflow.training.dataset import MixedDataset
+
+    a = SimulatedPatchDataset(3, 16, seed=0, **SIM)
+    b = SimulatedPatchDataset(2, 16, seed=5, **SIM)
+    mix = MixedDataset([a, b])
+    assert len(mix) == 5 and mix.patch_size == 16
+    assert torch.equal(mix[1]["phi"], a[1]["phi"]) and torch.equal(mix[3]["phi"], b[0]["phi"])
+    assert int(mix[4]["index"]) == 4
+    assert mix.normalisation == a.normalisation
+    info = mix.describe()
+    assert info["kind"] == "MixedDataset" and [p["count"] for p in info["parts"]] == [3, 2]
+    with pytest.raises(IndexError):
+        mix[5]
+    with pytest.raises(QSMInputError, match="patch sizes"):
+        MixedDataset([a, SimulatedPatchDataset(1, 8, seed=0, **SIM)])
+
+
+def test_init_from_a_k_iteration_checkpoint_fine_tunes_the_whole_model(tmp_path, sim16):
+    """init_from = a qsmflow checkpoint with the stage's K: every denoiser keeps its own
+    weights and lambda (K = 1 or other K: every denoiser starts from the first one)."""
+    from qsmflow.models import ISDUQSMNet, save_isdu
+
+    torch.manual_seed(3)
+    src = ISDUQSMNet(2, False, **TINY_MODEL)
+    for k, net in enumerate(src.denoisers):
+        net.lambda_val.data.fill_(0.1 * (k + 1))
+    save_isdu(tmp_path / "k2.pt", src)
+    cfg = _cfg(
+        tmp_path / "run", stage="unrolled", n_iterations=2, init_from=str(tmp_path / "k2.pt")
+    )
+    trainer = Trainer(cfg, sim16)
+    got = trainer.model.state_dict()
+    for key, value in src.state_dict().items():
+        assert torch.equal(got[key], value), key
+    assert not torch.equal(got["denoisers.0.gen.0.weight"], got["denoisers.1.gen.0.weight"])
+    # another K: every denoiser is a copy of the first (the K = 1 -> K path)
+    cfg3 = _cfg(
+        tmp_path / "run3", stage="unrolled", n_iterations=3, init_from=str(tmp_path / "k2.pt")
+    )
+    got3 = Trainer(cfg3, sim16).model.state_dict()
+    for k in range(3):
+        assert torch.equal(got3[f"denoisers.{k}.gen.0.weight"], got["denoisers.0.gen.0.weight"])

@@ -52,14 +52,23 @@ Methods and the options they use:
         the K denoisers starts as a copy) or their unshared model_*.pt dict, read with
         torch.load(weights_only=True) (never unpickling arbitrary objects). Without --weights
         the shipped qsmflow/data/isdu_default.pt is used (K = 4 unshared, width 16, trained on
-        simulated head-model/phantom patches by workflows/train-isdu-cpu.toml; see README).
+        simulated head-model/phantom patches by workflows/train-isdu-cpu.toml, then fine-tuned
+        on realistic acquisitions through our chain by workflows/train-isdu-realistic.toml;
+        see README).
         --iterations K (default: the checkpoint's; 4 for a single-denoiser .pth),
         --shared-weights (one denoiser for all K iterations), --device auto|cpu|cuda
         (auto: CUDA when available), --tile N (run the denoisers on N^3 tiles with a 20-voxel
-        halo: bounded memory, the same result). Its kernel has D(0) = 1/3 (the authors'
-        convention) and every axis is zero-padded to a multiple of 16 (split between both
-        ends) instead of --pad. --float64 runs the whole network in float64. The sidecar
-        records the weights file and its sha256, K, shared, device and tile.
+        halo: bounded memory, the same result), --adapt N (test-time data consistency, FINE:
+        N Adam steps, learning rate --adapt-lr (default 1e-5), of the network's weights
+        on the model loss of this field, one 64^3 crop per step, ~5-10 s per step on 2 CPU
+        cores; qsmflow.models.adapt), --crop-margin N (run the denoisers only on the mask's
+        bounding box grown by N + 17 voxels, exact to N voxels beyond it, default 8; within
+        1e-3 of the whole-array result in the mask; -1 = the whole array). Its kernel has
+        D(0) = 1/3 (the authors' convention) and every axis is zero-padded to a multiple of 16
+        (split between both ends) instead of --pad. --float64 runs the whole network in
+        float64. The sidecar records the weights file and its sha256, K, shared, device, tile,
+        crop margin and the adaptation (steps, learning rate, model loss first and last step,
+        seconds).
 """
 
 #: The step option each method-dependent flag sets (the step checks which method takes it).
@@ -136,6 +145,16 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--tile", type=int, metavar="N", help="isdu: denoise on N^3 tiles (bounded memory)"
     )
     p.add_argument(
+        "--adapt", type=int, metavar="N", help="isdu: N steps of test-time adaptation (FINE)"
+    )
+    p.add_argument("--adapt-lr", type=float, metavar="LR", help="isdu: adaptation learning rate")
+    p.add_argument(
+        "--crop-margin",
+        type=int,
+        metavar="N",
+        help="isdu: voxels around the mask's bounding box to compute (-1: whole array)",
+    )
+    p.add_argument(
         "--b0-dir",
         nargs=3,
         type=float,
@@ -175,12 +194,16 @@ def step_options(args: argparse.Namespace) -> dict:
         "shared_weights": True if args.shared_weights else None,
         "device": args.device,
         "tile_size": args.tile,
+        "adapt": args.adapt,
+        "adapt_lr": args.adapt_lr,
     }
+    if args.crop_margin is not None:
+        given["crop_margin"] = None if args.crop_margin < 0 else args.crop_margin
     if args.b0_tesla is not None:
         given["field_scale"] = float(ppm_to_rad(1.0, args.te_s, args.b0_tesla))
     if method == "isdu":
         given["weights"] = args.weights
-    return {key: value for key, value in given.items() if value is not None}
+    return {key: value for key, value in given.items() if value is not None or key == "crop_margin"}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -203,6 +226,7 @@ def run(args: argparse.Namespace) -> int:
     label = method
     if method == "isdu":
         tiles = "" if used["tile_size"] is None else f", tiles {used['tile_size']}"
+        tiles += f", adapted {used['adapt']} steps" if used["adapt"] else ""
         sharing = "shared" if used["shared_weights"] else "unshared"
         label = f"isdu (K = {used['iterations']}, {sharing}, {used['device']}{tiles})"
     print(

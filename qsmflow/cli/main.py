@@ -26,6 +26,7 @@ SUBCOMMANDS = (
     "invert",
     "cosmos",
     "patches",
+    "realistic_patches",
     "train",
     "export_weights",
     "evaluate",

@@ -13,8 +13,10 @@ Train ISDU-QSMNet on training pairs (local field phi in ppm, COSMOS chi in ppm, 
 direction per patch) written by `qsmflow run ... --pipeline training-data` (patch-set folders,
 --patches), simulated on the fly from the built-in phantom (--simulate N), or simulated patch
 by patch with augmentation from the QSM Challenge 2.0 head model and built-in phantoms (the
-preset's [phantoms] table, as in workflows/train-isdu-cpu.toml, the recipe of the shipped
-weights).
+preset's [phantoms] table, as in workflows/train-isdu-cpu.toml); patch sets together with a
+[phantoms] table are mixed (workflows/train-isdu-realistic.toml, the fine-tuning recipe of the
+shipped weights, on the patch sets of `qsmflow realistic-patches`). An init_from checkpoint of
+qsmflow with the stage's K and weight sharing is loaded whole (fine-tuning).
 
 The preset (--config, see workflows/train-isdu.toml) lists the stages, run in order, each in
 OUTPUT/<stage name>/ (a preset without [[stages]] trains one stage directly in OUTPUT):

@@ -148,6 +148,64 @@ class _FusedBlock(nn.Module):
         return torch.relu_(out.add_(x))
 
 
+class _InputConv(nn.Module):
+    """The first 3^3 convolution with its few input channels zero-padded to
+    :data:`INPUT_CHANNELS_PADDED`: oneDNN has no fast channels-last kernel for 2 input channels
+    (PyTorch falls back to im2col, ~1.7x slower); the added zero channels change no sum."""
+
+    def __init__(self, conv: nn.Conv3d) -> None:
+        super().__init__()
+        cin = conv.in_channels
+        self.extra = max(0, INPUT_CHANNELS_PADDED - cin)
+        w = conv.weight.detach()
+        pad = w.new_zeros((w.shape[0], self.extra, *w.shape[2:]))
+        self.conv = _copy_conv(conv)
+        self.conv.in_channels = cin + self.extra
+        self.conv.weight = nn.Parameter(torch.cat([w, pad], dim=1), requires_grad=False)
+
+    @property
+    def weight(self) -> Tensor:
+        """The padded weights (their dtype is the denoiser's, as ``gen[0].weight`` elsewhere)."""
+        return self.conv.weight
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.extra:
+            zeros = x.new_zeros((x.shape[0], self.extra, *x.shape[2:]))
+            x = torch.cat([x, zeros], dim=1).contiguous(memory_format=torch.channels_last_3d)
+        return self.conv(x)
+
+
+class _PointwiseHead(nn.Module):
+    """The three 1^3 convolutions (and their ReLUs) as matrix products over the channel axis:
+    on a channels-last feature map they are plain GEMMs, ~4x faster than PyTorch's 1^3 conv3d
+    path (no oneDNN kernel; an im2col copy instead). Same values up to float rounding."""
+
+    def __init__(self, *convs: nn.Conv3d) -> None:
+        super().__init__()
+        for c in convs:
+            if tuple(c.kernel_size) != (1, 1, 1) or c.bias is not None:
+                raise TypeError("expected bias-free 1^3 convolutions")
+        self.weights = nn.ParameterList(
+            [
+                nn.Parameter(c.weight.detach()[:, :, 0, 0, 0].clone(), requires_grad=False)
+                for c in convs
+            ]
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        v = x.permute(0, 2, 3, 4, 1)  # (B, X, Y, Z, C): a view, contiguous for channels-last x
+        last = len(self.weights) - 1
+        for i, w in enumerate(self.weights):
+            v = torch.nn.functional.linear(v, w)
+            if i < last:
+                v = torch.relu_(v)
+        return v.permute(0, 4, 1, 2, 3)
+
+
+#: Input channels of the first convolution in :class:`FusedWideResNet` (zero-padded).
+INPUT_CHANNELS_PADDED = 8
+
+
 class FusedWideResNet(nn.Module):
     """Inference-only copy of a :class:`WideResNet`: BatchNorm folded, no dropout.
 
@@ -169,14 +227,10 @@ class FusedWideResNet(nn.Module):
         self.p = net.p
         self.channels_last = bool(channels_last)
         layers = [
-            _copy_conv(gen[0]),
+            _InputConv(gen[0]) if self.channels_last else _copy_conv(gen[0]),
             nn.ReLU(inplace=True),
             nn.Sequential(*[_FusedBlock(b) for b in gen[2]]),
-            _copy_conv(gen[3]),
-            nn.ReLU(inplace=True),
-            _copy_conv(gen[5]),
-            nn.ReLU(inplace=True),
-            _copy_conv(gen[7]),
+            _PointwiseHead(gen[3], gen[5], gen[7]),
         ]
         self.gen = nn.Sequential(*layers).requires_grad_(False).eval()
         if self.channels_last:

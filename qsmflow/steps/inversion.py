@@ -28,8 +28,20 @@ INVERSION_METHODS = (*METHODS, "isdu")
 
 #: Options of the ``isdu`` inversion (keywords of qsmflow.models.inference.invert_isdu):
 #: weights (checkpoint file; default: the shipped qsmflow/data/isdu_default.pt), iterations
-#: (K), shared_weights (bool), device (auto, cpu, cuda), tile_size (voxels), halo (voxels).
-ISDU_OPTIONS = ("weights", "iterations", "shared_weights", "device", "tile_size", "halo")
+#: (K), shared_weights (bool), device (auto, cpu, cuda), tile_size (voxels), halo (voxels),
+#: adapt (test-time adaptation steps, 0 = off), adapt_lr (its Adam learning rate), crop_margin
+#: (voxels around the mask's bounding box that inference runs on).
+ISDU_OPTIONS = (
+    "weights",
+    "iterations",
+    "shared_weights",
+    "device",
+    "tile_size",
+    "halo",
+    "adapt",
+    "adapt_lr",
+    "crop_margin",
+)
 
 #: Torch devices the ``isdu`` inversion accepts.
 ISDU_DEVICES = ("auto", "cpu", "cuda")
@@ -51,13 +63,18 @@ def check_isdu_options(options: Any, source: str | None = None) -> dict[str, Any
             f"unknown isdu option(s) {', '.join(unknown)}; known: {', '.join(ISDU_OPTIONS)}",
             source,
         )
-    for key in ("iterations", "tile_size", "halo"):
+    for key in ("iterations", "tile_size", "halo", "adapt", "crop_margin"):
         value = opts.get(key)
-        low = 0 if key == "halo" else 1
+        low = 0 if key in ("halo", "adapt", "crop_margin") else 1
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise QSMInputError(f"isdu option {key} must be an integer, got {value!r}", source)
         if value is not None and value < low:
             raise QSMInputError(f"isdu option {key} must be >= {low}, got {value}", source)
+    lr = opts.get("adapt_lr")
+    if lr is not None and (
+        isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < 1
+    ):
+        raise QSMInputError(f"isdu option adapt_lr must be in (0, 1), got {lr!r}", source)
     if opts.get("shared_weights") is not None and not isinstance(opts["shared_weights"], bool):
         raise QSMInputError("isdu option shared_weights must be true or false", source)
     if opts.get("device", "auto") not in ISDU_DEVICES:
@@ -83,7 +100,7 @@ def _isdu(
     opts = check_isdu_options(options)
     apply_thread_env()
     chi, info = invert_isdu(field, mask, voxel_size, b0_dir, float64=float64, **opts)
-    keys = ("weights", "iterations", "shared_weights", "device", "tile_size", "halo")
+    keys = ISDU_OPTIONS
     used = {key: info[key] for key in (*keys, "pad_multiple")}
     return chi, {**used, "float64": float64}, isdu_sidecar(info)
 

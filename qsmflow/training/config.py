@@ -38,8 +38,10 @@ class TrainConfig:
     n_iterations : K (must be 1 for stage "k1").
     shared_weights : one denoiser for all K iterations (SW) instead of K (USW, the paper's).
     init_from : checkpoint whose (first) denoiser initialises every denoiser: a qsmflow
-        checkpoint or the authors' plain WideResNet state_dict ``.pth``. Used only when the run
-        does not resume.
+        checkpoint or the authors' plain WideResNet state_dict ``.pth``. A qsmflow checkpoint
+        with this stage's K and weight sharing is loaded whole instead (fine-tuning: each
+        denoiser, lambda and p keep their values; the architecture and normalisation are the
+        checkpoint's). Used only when the run does not resume.
     epochs : total number of epochs (a resumed run continues up to this number).
     patches_per_epoch : random subset (RS) size per epoch; 0 or None: all patches.
     batch_size : patches per step and process.

@@ -437,6 +437,55 @@ class SimulatedPatchDataset(SimulatedCrops):
         return _item(phi, chi_p, mask_p, kernel, b0, index)
 
 
+class MixedDataset(Dataset):
+    """Several training datasets as one (e.g. realistic patch sets plus simulated phantoms).
+
+    Items of all parts must have the same patch size. ``set_epoch`` reaches every part;
+    ``normalisation`` is the first part's (the patch sets' statistics when they come first).
+    """
+
+    def __init__(self, parts: Sequence[Dataset]) -> None:
+        if not parts:
+            raise QSMInputError("MixedDataset needs at least one dataset")
+        sizes = {getattr(p, "patch_size", None) for p in parts}
+        if len(sizes) != 1:
+            raise QSMInputError(
+                f"datasets to mix have different patch sizes {sorted(map(str, sizes))}"
+            )
+        self.parts = list(parts)
+        self.patch_size = sizes.pop()
+        self.offsets = np.cumsum([0] + [len(cast(Sized, p)) for p in self.parts])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def set_epoch(self, epoch: int) -> None:
+        for p in self.parts:
+            fn = getattr(p, "set_epoch", None)
+            if callable(fn):
+                fn(epoch)
+
+    @property
+    def normalisation(self) -> Any:
+        return getattr(self.parts[0], "normalisation", None)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": "MixedDataset",
+            "count": len(self),
+            "parts": [json.loads(describe_dataset(p)) for p in self.parts],
+        }
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        index = int(index)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        part = int(np.searchsorted(self.offsets, index, side="right")) - 1
+        item = self.parts[part][index - int(self.offsets[part])]
+        item["index"] = torch.tensor(index, dtype=torch.int64)
+        return item
+
+
 def describe_dataset(dataset: Dataset) -> str:
     """A JSON string describing ``dataset`` (for checkpoints and logs)."""
     describe = getattr(dataset, "describe", None)
@@ -447,6 +496,7 @@ def describe_dataset(dataset: Dataset) -> str:
 
 __all__ = [
     "KernelCache",
+    "MixedDataset",
     "PatchDataset",
     "SimulatedCrops",
     "SimulatedPatchDataset",

@@ -5,7 +5,10 @@
 * **Data** (:func:`preset_datasets`): patch-set folders (``--patches`` or ``[data] patches``)
   give :class:`~qsmflow.training.dataset.PatchDataset`; ``--simulate N`` or ``[simulate]
   count`` give :class:`~qsmflow.training.dataset.SimulatedPatchDataset`; otherwise
-  ``[phantoms]`` gives :class:`~qsmflow.training.synthetic.PhantomPatchDataset`. A validation
+  ``[phantoms]`` gives :class:`~qsmflow.training.synthetic.PhantomPatchDataset`; patch sets
+  from the preset and ``[phantoms]`` together are mixed into one
+  :class:`~qsmflow.training.dataset.MixedDataset` (e.g. realistic patch sets plus phantoms,
+  ``workflows/train-isdu-realistic.toml``). A validation
   set of the simulated kinds (``val_count``) uses the seed plus :data:`VALIDATION_SEED_OFFSET`
   (other subjects, crops and directions).
 * **Stages** (:func:`run_stages`): run in order, each in ``OUTPUT/<stage name>/`` (a preset
@@ -89,7 +92,7 @@ def preset_datasets(
     ``patches``/``val_patches`` replace the preset's ``[data]`` folders; ``simulate`` (N >= 1)
     replaces them by N simulated patches (``[simulate]`` settings).
     """
-    from .dataset import PatchDataset, SimulatedPatchDataset
+    from .dataset import MixedDataset, PatchDataset, SimulatedPatchDataset
 
     data, sim = preset.data, dict(preset.simulate)
     if patches and simulate is not None:
@@ -108,13 +111,20 @@ def preset_datasets(
         raise QSMInputError(f"--simulate must be >= 1, got {simulate}")
     k0 = kernel_k0_of(preset)
     if patches:
-        dataset = PatchDataset(
+        dataset: Dataset = PatchDataset(
             patches,
             kernel_k0=k0,
             augment=bool(data.get("augment", False)),
             seed=int(preset.stages[0][1].get("seed", 0)),
         )
-        return dataset, PatchDataset(val_patches, kernel_k0=k0) if val_patches else None
+        val = PatchDataset(val_patches, kernel_k0=k0) if val_patches else None
+        if preset.phantoms and from_preset:
+            # patch sets and [phantoms] together: one mixed training set (validation: the
+            # patch sets' validation folders, else the phantoms')
+            extra, extra_val = _phantom_datasets(dict(preset.phantoms), k0, base_dir, preset.source)
+            dataset = MixedDataset([dataset, extra])
+            val = val or extra_val
+        return dataset, val
     if count or not preset.phantoms:
         if not count:
             raise QSMInputError(

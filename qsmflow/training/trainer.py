@@ -301,13 +301,44 @@ class Trainer:
                 kw.setdefault("out_std", OUT_STD)
         return kw
 
+    def _whole_model_init(self, obj: Any, src: str) -> nn.Module | None:
+        """The whole model of a qsmflow checkpoint ``obj`` with this stage's K and weight
+        sharing (fine-tuning: every denoiser keeps its own weights); None otherwise."""
+        cfg = self.cfg
+        if cfg.stage != "unrolled" or not checkpoints.is_qsmflow_checkpoint(obj):
+            return None
+        config = obj.get("config") or {}
+        if int(config.get("n_iterations", 1)) != cfg.n_iterations or bool(
+            config.get("shared_weights", False)
+        ) != bool(cfg.shared_weights):
+            return None
+        fixed = ("width", "n_blocks", "learn_p", "in_channels", "out_channels")
+        clash = {
+            k: (v, config.get(k)) for k, v in cfg.model.items() if k in fixed and v != config.get(k)
+        }
+        if clash:
+            raise QSMInputError(
+                "model settings differ from the checkpoint's: "
+                + ", ".join(f"{k} = {a!r} (checkpoint {b!r})" for k, (a, b) in clash.items()),
+                src,
+            )
+        overrides = {k: v for k, v in cfg.model.items() if k in ("dropout", "dc_mode")}
+        overrides["cg_max_iter"] = cfg.cg_max_iter
+        model = checkpoints.model_from_checkpoint(obj, src, **overrides)
+        log.info("fine-tuning the whole K=%d model of %s", cfg.n_iterations, src)
+        return model
+
     def _build_model(self, ckpt: Mapping[str, Any] | None, ckpt_path: Path | None) -> nn.Module:
         cfg = self.cfg
         if ckpt is not None:
             return checkpoints.model_from_checkpoint(ckpt, str(ckpt_path))
         if cfg.init_from:
             src = str(cfg.init_from)
-            sd, base = checkpoints.first_denoiser_state(checkpoints.read_checkpoint(src), src)
+            obj = checkpoints.read_checkpoint(src)
+            whole = self._whole_model_init(obj, src)
+            if whole is not None:
+                return whole
+            sd, base = checkpoints.first_denoiser_state(obj, src)
             kwargs = self._model_kwargs(base)
             try:
                 template = ISDUQSMNet(n_iterations=1, **kwargs).denoisers[0].state_dict()
