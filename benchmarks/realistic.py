@@ -34,7 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # runs from a checkout without installing qsmflow
 
-from qsmflow.evaluation.realistic import (  # noqa: E402
+from qsmflow.evaluation.realistic import (  # noqa: E402 (after the sys.path line above)
     ROI_LABELS,
     MethodSpec,
     process_acquisition,

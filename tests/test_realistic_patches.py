@@ -90,7 +90,7 @@ def test_fine_tuning_preset_mixes_patch_sets_and_phantoms(tmp_path):
 def head_model_dir(shared_data):
     d = shared_data / "qsm2_head_model"
     if not (d / "SegmentedModel.nii.gz").is_file():
-        pytest.skip(f"no head model in {d}")
+        pytest.skip(f"no QSM Challenge 2.0 head model in {d} (the simulation needs it)")
     return d
 
 
