@@ -378,6 +378,8 @@ class Trainer:
         self.start_epoch = int(tr["epoch"])
         self.history = list(tr.get("history", []))
         log.info("resuming from %s after epoch %d", src, self.start_epoch)
+        if self.dist.rank == 0:  # visible in batch-job logs: a requeued job says where it went on
+            print(f"qsmflow train: resuming after epoch {self.start_epoch} from {src}", flush=True)
 
     # ------------------------------------------------------------------------- helpers
     def _loader(self, dataset: Dataset, sampler, batch_size: int, gen: torch.Generator):
