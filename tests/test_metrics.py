@@ -509,6 +509,48 @@ def test_cli_evaluate_several_recons(tmp_path, capsys):
     assert "small.nii.gz" in captured.err and "QSM-CI metrics" not in captured.out
 
 
+def test_cli_evaluate_figure(tmp_path, capsys, monkeypatch):
+    """--figure: the reference row, then one row per RECON with its metrics from the JSON."""
+    import matplotlib.image as mpimg
+
+    from qsmflow.cli.main import main
+    from qsmflow.evaluation import figures
+
+    _, truth, mask, _ = _phantom(n=24)
+    rng = np.random.default_rng(4)
+    f_ref = _write(tmp_path / "ref.nii.gz", truth.astype(np.float32))
+    f_mask = _write(tmp_path / "mask.nii.gz", mask)
+    recons = {}
+    for name, noise in (("low", 0.002), ("high", 0.02)):
+        vol = (truth + noise * rng.standard_normal(truth.shape)).astype(np.float32)
+        recons[name] = (_write(tmp_path / f"{name}.nii.gz", vol), vol)
+    made = []
+    save = figures.save_figure
+    monkeypatch.setattr(
+        figures, "save_figure", lambda fig, path: made.append(fig) or save(fig, path)
+    )
+    png, out = tmp_path / "cmp.png", tmp_path / "m.json"
+    files = [f for f, _ in recons.values()]
+    argv = ["evaluate", *files, "-r", f_ref, "-m", f_mask, "--json", str(out), "--figure", str(png)]
+    assert main(argv) == 0
+    assert f"wrote {png}" in capsys.readouterr().out
+    layout = made[0].qsmflow_layout
+    assert layout.rows[0] == "reference (ref)" and layout.rows[1:] == ["low", "high"]
+    results = json.loads(out.read_text())["results"]
+    point = figures.slice_point(mask=mask > 0)
+    for row, (_, vol), result in zip(layout.rows[1:], recons.values(), results, strict=True):
+        c = result["challenge"]
+        text = layout.metric_labels[row]
+        assert f"SSIM {c['ssim']:.3f}" in text and f"PSNR {c['psnr']:.1f} dB" in text
+        assert f"HFEN {c['hfen']:.1f} %" in text
+        r = layout.rows.index(row)
+        for view, want in enumerate(figures.three_views(vol, point)):
+            got = np.asarray(layout.panels[r][view].images[0].get_array())
+            np.testing.assert_allclose(got, want, atol=1e-7)
+    image = mpimg.imread(png)
+    assert image.ndim == 3 and image[..., :3].std() > 0.05  # a picture, not a blank page
+
+
 def _stem(path: str) -> str:
     return Path(path).name.removesuffix(".gz").removesuffix(".nii")
 

@@ -68,6 +68,21 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "the head-model region metrics (nrmse_tissue/blood/dgm, calc_*) are not computed",
     )
     p.add_argument("--json", metavar="OUT", help="write all metrics to this JSON file")
+    p.add_argument(
+        "--figure",
+        metavar="FILE",
+        help="write the comparison figure (.png or .svg): the reference row first, then one row "
+        "per RECON in sagittal, coronal and axial views through the mask's centre of mass "
+        "(+-0.15 ppm), SSIM / PSNR / HFEN (2016 challenge) under each row",
+    )
+    p.add_argument(
+        "--window",
+        nargs=2,
+        type=float,
+        default=(-0.15, 0.15),
+        metavar=("LOW", "HIGH"),
+        help="grey-scale window of --figure in ppm (default -0.15 0.15)",
+    )
     p.set_defaults(func=run)
     return p
 
@@ -210,4 +225,27 @@ def run(args: argparse.Namespace) -> int:
         payload = results[0] if len(results) == 1 else {"results": results}
         out = write_json(args.json, _clean(payload))
         print(f"\nwrote {out}")
+    if args.figure:
+        from ..evaluation.figures import comparison_figure_files, save_figure
+
+        names = _unique_names([nifti_stem(p) for p in recons])
+        fig = comparison_figure_files(
+            args.reference,
+            dict(zip(names, recons, strict=True)),
+            metrics=dict(zip(names, results, strict=True)),
+            mask_path=args.mask,
+            reference_name=f"reference ({nifti_stem(args.reference)})",
+            window=tuple(args.window),
+        )
+        print(f"wrote {save_figure(fig, args.figure)}")
     return 0
+
+
+def _unique_names(names: list[str]) -> list[str]:
+    """Row names: the file stems, numbered where two files share one."""
+    seen: dict[str, int] = {}
+    out = []
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+        out.append(n if names.count(n) == 1 else f"{n} ({seen[n]})")
+    return out
