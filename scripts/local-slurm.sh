@@ -65,6 +65,8 @@ ClusterName=qsmflow-local
 SlurmctldHost=$host(127.0.0.1)
 SlurmUser=slurm
 AuthType=auth/munge
+# a requeued job waits for its old credential to expire (default 120 s): keep that short here
+AuthInfo=cred_expire=10
 StateSaveLocation=$STATE_DIR
 SlurmdSpoolDir=$SPOOL_DIR
 SlurmctldLogFile=$LOG_DIR/slurmctld.log

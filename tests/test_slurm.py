@@ -235,10 +235,11 @@ def test_train_sbatch_torchrun_gloo_requeue_resumes(tmp_path):
     _wait_for(run, "k1/checkpoints/epoch_0002.pt", job)
     subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True, timeout=30)
     t_end = time.monotonic() + 60
-    while _job_states(job).get(job) != "PENDING":  # requeued jobs wait for a begin time
+    # a requeued job waits until its old credential expires (cred_expire, 10 s in
+    # scripts/local-slurm.sh; starting it earlier fails it), then runs again
+    while _job_states(job).get(job) != "PENDING":
         assert time.monotonic() < t_end, (_job_states(job), log.read_text())
         time.sleep(0.2)
-    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], timeout=30)
     assert _wait_done(job) == {job: "COMPLETED"}, log.read_text()
 
     text = log.read_text()
