@@ -213,3 +213,24 @@ def test_mask_errors_name_the_file(tmp_path):
     assert ok.dtype == bool and ok.all()
     with pytest.raises(QSMInputError, match="missing.nii.gz"):
         load_volume(tmp_path / "missing.nii.gz")
+
+
+def test_atomic_outputs_get_the_umask_mode_not_private(tmp_path):
+    """mkstemp/mkdtemp make private files; written outputs must be readable as the umask says."""
+    import os
+    from pathlib import Path
+
+    from qsmflow.io.atomic import atomic_dir, atomic_path, write_text_atomic
+
+    old = os.umask(0o027)
+    try:
+        f = write_text_atomic(tmp_path / "a.json", "{}")
+        with atomic_path(tmp_path / "b.nii.gz") as tmp:
+            Path(tmp).write_bytes(b"x")
+        with atomic_dir(tmp_path / "figures") as d:
+            (d / "c.png").write_bytes(b"y")
+    finally:
+        os.umask(old)
+    assert oct(f.stat().st_mode & 0o777) == "0o640"
+    assert oct((tmp_path / "b.nii.gz").stat().st_mode & 0o777) == "0o640"
+    assert oct((tmp_path / "figures").stat().st_mode & 0o777) == "0o750"

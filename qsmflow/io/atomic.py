@@ -66,6 +66,30 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def _current_umask() -> int:
+    """The process umask (read from /proc where possible: setting it is not thread-safe)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _public_mode(path: str | os.PathLike) -> None:
+    """Give a temporary file or folder the mode a plain ``open``/``mkdir`` would have.
+
+    ``mkstemp``/``mkdtemp`` make them private (0600/0700); outputs must be readable by the
+    group and others as the umask allows (shared lab folders, containers run as another user).
+    """
+    base = 0o777 if os.path.isdir(path) else 0o666
+    os.chmod(path, base & ~_current_umask())
+
+
 @contextmanager
 def atomic_path(
     path: str | os.PathLike, suffix: str | None = None, *, fsync: bool = False
@@ -86,6 +110,8 @@ def atomic_path(
         if fsync:
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
+        if os.path.exists(tmp):
+            _public_mode(tmp)
         os.replace(tmp, p)
         if fsync:
             fsync_dir(p.parent)
@@ -109,6 +135,7 @@ def atomic_dir(path: str | os.PathLike, *, fsync: bool = False) -> Iterator[Path
         yield tmp
         if fsync:
             fsync_dir(tmp)
+        _public_mode(tmp)
         _swap_in(tmp, target)
         if fsync:
             fsync_dir(target.parent)
@@ -140,8 +167,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
 
 
 def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
-    """Copy the file ``src`` to ``dst`` atomically; the copy is readable by all (mode 644)."""
+    """Copy the file ``src`` to ``dst`` atomically (mode as a new file under the umask)."""
     with atomic_path(dst, "") as tmp:
         shutil.copyfile(src, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp made it private
     return Path(dst)
