@@ -167,3 +167,29 @@ def test_unwritable_output_directory(simulated_bids, tmp_path, capsys, monkeypat
     err = capsys.readouterr().err
     assert rc == 2 and "not writable" in err and str(locked) in err
     assert list(locked.iterdir()) == []
+
+
+def test_runtime_without_passwd_entry_or_temporary_folder(monkeypatch, tmp_path):
+    """Containers run as an arbitrary --user with a read-only root: a user ID without a passwd
+    entry gets a fallback name; MultiProc without a temporary folder is a clear input error."""
+    import getpass
+    import tempfile
+
+    from qsmflow.cli import _nipype_runtime as rt
+    from qsmflow.errors import QSMInputError
+
+    def no_user():
+        raise KeyError("getpwuid(): uid not found: 12345")
+
+    monkeypatch.setattr(getpass, "getuser", no_user)
+    monkeypatch.delenv("LOGNAME", raising=False)
+    with rt.restored_environment():
+        rt.plugin_settings(None, "Linear", {}, None, tmp_path)
+        assert os.environ["LOGNAME"] == "qsmflow"
+
+    def no_tmp():
+        raise FileNotFoundError("No usable temporary directory found in ['/tmp']")
+
+    monkeypatch.setattr(tempfile, "gettempdir", no_tmp)
+    with pytest.raises(QSMInputError, match="no writable temporary folder.*TMPDIR"):
+        rt.plugin_settings(None, "MultiProc", {}, 2, tmp_path)

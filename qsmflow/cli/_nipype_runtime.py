@@ -112,6 +112,31 @@ def _configure_workers(plugin: str, nprocs: int | None, work: Path) -> None:
     os.environ["NIPYPE_CONFIG_DIR"] = str(cfg_dir)
 
 
+def _check_temporary_folder() -> None:
+    """MultiProc's forkserver puts its socket in the temporary folder: fail clearly without one."""
+    import tempfile
+
+    from ..errors import QSMInputError
+
+    try:
+        tempfile.gettempdir()
+    except FileNotFoundError as exc:
+        raise QSMInputError(
+            "no writable temporary folder for --plugin MultiProc (its worker processes talk "
+            "through a socket there): set TMPDIR to a writable folder with a short path",
+            os.environ.get("TMPDIR", "/tmp"),
+        ) from exc
+
+
+def _user_name() -> str:
+    """The login name, or "qsmflow" for a user ID without a passwd entry (containers run with
+    ``--user UID``: ``getpass.getuser`` raises KeyError or OSError there)."""
+    try:
+        return getpass.getuser() or "qsmflow"
+    except (KeyError, OSError):
+        return "qsmflow"
+
+
 def plugin_settings(
     wf: Any, plugin: str, plugin_args: dict[str, Any], nprocs: int | None, work: Path
 ) -> dict[str, Any]:
@@ -121,9 +146,11 @@ def plugin_settings(
     (processes) unless the plugin arguments name ``n_procs``, and polls every 0.1 s (the
     default 2 s dominates runs of many short nodes).
     """
-    os.environ.setdefault("LOGNAME", getpass.getuser() or "qsmflow")  # batch plugins need it
+    if not os.environ.get("LOGNAME"):  # batch plugins need it
+        os.environ["LOGNAME"] = _user_name()
     args = dict(plugin_args)
     if plugin == "MultiProc":
+        _check_temporary_folder()
         args.setdefault("mp_context", "forkserver")
         if nprocs:
             args.setdefault("n_procs", nprocs)

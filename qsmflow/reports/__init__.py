@@ -33,7 +33,6 @@ from .collect import collect_subject, find_labels
 from .group import find_roi_tables, write_group_report
 from .naming import figures_dir, report_path, roi_table_path
 from .runrecord import make_run_record, newest_run_record, read_run_record, write_run_record
-from .subject import write_subject_report
 
 __all__ = [
     "collect_subject",
@@ -50,6 +49,18 @@ __all__ = [
     "write_run_record",
     "write_subject_report",
 ]
+
+
+def write_subject_report(output_dir: str | os.PathLike, subject: str, **kwargs: Any) -> Path:
+    """:func:`qsmflow.reports.subject.write_subject_report` (see there).
+
+    Imported on first use: figures need matplotlib, which ``qsmflow run`` should not load
+    before it has checked its input (a read-only container cannot even import it without a
+    writable config folder).
+    """
+    from .subject import write_subject_report as write
+
+    return write(output_dir, subject, **kwargs)
 
 
 def write_reports(
