@@ -125,7 +125,7 @@ def test_tsv_round_trip_and_aggregate(tmp_path):
     assert ref_line["role"] == "reference" and ref_line["r_with_reference"] == "n/a"
     assert ref_line["best_mean"] == "n/a"
     best = {
-        (d["label"], d["method"]): (d["best_mean"], d["best_r"])
+        (d["index"], d["method"]): (d["best_mean"], d["best_r"])
         for d in (dict(zip(TSV_COLUMNS, ln.split("\t"), strict=True)) for ln in lines[2:])
     }
     for label in (1, 2, 3):

@@ -57,10 +57,12 @@ __all__ = [
     "subject_maps_from_files",
 ]
 
-#: Columns of :meth:`RoiTable.to_tsv`, in order.
+#: Columns of :meth:`RoiTable.to_tsv`, in order. ``participant_id`` and ``index`` (the label
+#: value, as in a BIDS ``dseg.tsv``) rather than "subject"/"label": those are BIDS entity names,
+#: and pybids reads a sidecar key named after an entity as that entity's value.
 TSV_COLUMNS = (
-    "subject",
-    "label",
+    "participant_id",
+    "index",
     "roi",
     "method",
     "role",
@@ -74,8 +76,8 @@ TSV_COLUMNS = (
 
 #: The JSON sidecar of :meth:`RoiTable.to_tsv` (BIDS tabular-file column descriptions).
 TSV_SIDECAR: dict[str, dict[str, str]] = {
-    "subject": {"Description": "subject (BIDS label or any name)"},
-    "label": {"Description": "integer label of the ROI in the segmentation"},
+    "participant_id": {"Description": "subject (BIDS label or any name)"},
+    "index": {"Description": "integer label of the ROI in the segmentation"},
     "roi": {"Description": "ROI name"},
     "method": {"Description": "map name; the reference's row has role 'reference'"},
     "role": {"Description": "'reference' (e.g. COSMOS) or 'method'"},
@@ -313,8 +315,8 @@ class RoiTable:
                     raise ValueError(f"role {role!r} is not 'reference' or 'method'")
                 rows.append(
                     RoiRow(
-                        subject=rec["subject"],
-                        label=int(rec["label"]),
+                        subject=rec["participant_id"],
+                        label=int(rec["index"]),
                         roi=rec["roi"],
                         method=rec["method"],
                         is_reference=role == "reference",
