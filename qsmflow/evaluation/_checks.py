@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import QSMInputError
-from ..physics.validation import check_mask
+from ..physics.validation import check_mask, check_same_affine
 
 __all__ = ["as_float64", "as_labels", "as_mask", "check_same_shape", "require_3d"]
 
@@ -71,3 +71,19 @@ def as_labels(labels: Any, shape: tuple[int, ...], name: str = "labels") -> np.n
     if np.max(np.abs(lab - rounded)) > 1e-3:
         raise QSMInputError("label map is not integer-valued", name)
     return rounded.astype(np.int64)
+
+
+def check_same_grid(vol: Any, ref: Any, role: str, ref_role: str = "reference") -> None:
+    """Raise QSMInputError naming ``vol``'s file unless it has ``ref``'s shape and affine.
+
+    ``vol``/``ref`` are :class:`qsmflow.io.nifti.Volume` (``data``, ``affine``, ``path``).
+    """
+    if vol.data.shape != ref.data.shape:
+        raise QSMInputError(
+            f"{role} grid {vol.data.shape} does not match the {ref_role} grid "
+            f"{ref.data.shape} ({ref.path})",
+            vol.path,
+        )
+    check_same_affine(
+        vol.affine, ref.affine, f"{role} vs {ref_role} ({ref.path}); resample first", vol.path
+    )

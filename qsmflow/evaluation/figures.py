@@ -54,8 +54,8 @@ from ..errors import QSMInputError
 from ..io.atomic import atomic_path
 from ..io.nifti import Volume, load_first_volume, load_volume
 from ..physics.geometry import voxel_size_from_affine
-from ..physics.validation import check_finite, check_same_affine
-from ._checks import as_mask
+from ..physics.validation import check_finite
+from ._checks import as_mask, check_same_grid
 
 __all__ = [
     "DEFAULT_METRIC_KEYS",
@@ -1029,18 +1029,6 @@ def _load(path: str | os.PathLike, role: str, *, first_volume: bool = False) -> 
     return load_volume(path, dtype=np.float64)
 
 
-def _check_grid(vol: Volume, ref: Volume, role: str, ref_role: str) -> None:
-    if vol.data.shape != ref.data.shape:
-        raise QSMInputError(
-            f"{role} grid {vol.data.shape} does not match the {ref_role} grid "
-            f"{ref.data.shape} ({ref.path})",
-            vol.path,
-        )
-    check_same_affine(
-        vol.affine, ref.affine, f"{role} vs {ref_role} ({ref.path}); resample first", vol.path
-    )
-
-
 def _load_on_one_grid(
     paths: Mapping[str, str | os.PathLike],
     mask_path: str | os.PathLike | None = None,
@@ -1058,7 +1046,7 @@ def _load_on_one_grid(
     for role, path in paths.items():
         vol = _load(path, role, first_volume=role in first_volume)
         if vols:
-            _check_grid(vol, vols[ref_role], role, ref_role)
+            check_same_grid(vol, vols[ref_role], role, ref_role)
         else:
             ref_role = role
         vols[role] = vol
@@ -1066,7 +1054,7 @@ def _load_on_one_grid(
     mask = None
     if mask_path is not None:
         mvol = _load(mask_path, "mask")
-        _check_grid(mvol, ref, "mask", ref_role)
+        check_same_grid(mvol, ref, "mask", ref_role)
         mask = as_mask(mvol.data, mvol.data.shape, str(mask_path))
     data = {}
     for role, vol in vols.items():

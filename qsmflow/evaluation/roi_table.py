@@ -40,9 +40,8 @@ import numpy as np
 
 from ..errors import QSMInputError
 from ..io.atomic import write_text_atomic
-from ..io.nifti import Volume, load_volume, sidecar_path, write_json
-from ..physics.validation import check_same_affine
-from ._checks import as_labels, as_mask
+from ..io.nifti import load_volume, sidecar_path, write_json
+from ._checks import as_labels, as_mask, check_same_grid
 from .rois import load_label_names, roi_stats
 
 __all__ = [
@@ -558,18 +557,6 @@ def read_label_names(path: str | os.PathLike) -> dict[int, str]:
     return load_label_names(p)
 
 
-def _check_grid(vol: Volume, ref: Volume, role: str) -> None:
-    if vol.data.shape != ref.data.shape:
-        raise QSMInputError(
-            f"{role} grid {vol.data.shape} does not match the reference grid "
-            f"{ref.data.shape} ({ref.path})",
-            vol.path,
-        )
-    check_same_affine(
-        vol.affine, ref.affine, f"{role} vs reference ({ref.path}); resample first", vol.path
-    )
-
-
 def subject_maps_from_files(
     reference: str | os.PathLike,
     maps: Mapping[str, str | os.PathLike],
@@ -588,15 +575,15 @@ def subject_maps_from_files(
     loaded = {}
     for name, path in maps.items():
         vol = load_volume(path, dtype=np.float64)
-        _check_grid(vol, ref, f"map {name!r}")
+        check_same_grid(vol, ref, f"map {name!r}")
         loaded[str(name)] = vol.data
     lab = load_volume(labels, dtype=None)
-    _check_grid(lab, ref, "labels")
+    check_same_grid(lab, ref, "labels")
     lab_data = as_labels(lab.data, ref.data.shape, str(labels))
     mask_data = None
     if mask is not None:
         mvol = load_volume(mask, dtype=None)
-        _check_grid(mvol, ref, "mask")
+        check_same_grid(mvol, ref, "mask")
         mask_data = as_mask(mvol.data, ref.data.shape, str(mask))
     names: Mapping[int, str] | None
     if label_names is None or isinstance(label_names, Mapping):
