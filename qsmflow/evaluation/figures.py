@@ -638,6 +638,7 @@ def _titles(row: list[Axes]) -> None:
 
 
 def _attach(fig: Figure, layout: FigureLayout) -> Figure:
+    # Figure declares no such attribute; the layout rides on it for readers (tests, reports)
     fig.qsmflow_layout = layout  # type: ignore[attr-defined]
     return fig
 
