@@ -35,12 +35,12 @@ from .physics.cosmos import COSMOS_ITERATIONS, COSMOS_METHODS
 from .physics.inversion import methods_taking
 from .physics.multiecho import UNWRAPPING_METHODS
 from .physics.validation import PHASE_UNITS
-from .steps.inversion import INVERSION_METHODS, check_isdu_options
+from .steps.inversion import INVERSION_METHODS, NETWORK_METHODS, check_network_options
 from .training.patch_grid import MIN_MASK_FRACTION, PATCH_SIZE, STRIDE
 
 PIPELINES = ("qsm", "cosmos", "training-data")
 # The other choice lists (BACKENDS, UNWRAPPING_METHODS, PHASE_UNITS, DECONVOLUTIONS,
-# INVERSION_METHODS, COSMOS_METHODS) and the ISDU options (steps.inversion.ISDU_OPTIONS) live
+# INVERSION_METHODS, COSMOS_METHODS) and the network options (steps.inversion.NETWORK_OPTIONS) live
 # beside their implementations, so a preset's checks, the interfaces' traits and the command
 # line's choices cannot drift apart.
 
@@ -80,7 +80,7 @@ class InversionConfig:
     #: benchmark (README "Which inversion")
     methods: list[str] = dc_field(default_factory=lambda: ["tv"])
     #: extra keyword options per method, e.g. {"tkd": {"threshold": 0.15}} or
-    #: {"isdu": {"weights": "isdu_k4.pt", "tile_size": 96}} (see steps.inversion.ISDU_OPTIONS;
+    #: {"isdu": {"weights": "isdu_k4.pt", "tile_size": 96}} (see steps.inversion.NETWORK_OPTIONS;
     #: a relative weights path is taken from the directory ``qsmflow run`` is started in)
     options: dict[str, dict[str, Any]] = dc_field(default_factory=dict)
     #: methods that get the run's multi-echo magnitude as their weights image (methods taking
@@ -170,11 +170,12 @@ class PipelineConfig:
                     f"{', '.join(takers)}",
                     source,
                 )
-        if "isdu" in self.inversion.options:
-            isdu = check_isdu_options(self.inversion.options["isdu"], source)
-            if isdu.get("weights"):  # nodes run in their own folders
-                isdu["weights"] = os.path.abspath(os.fspath(isdu["weights"]))
-            self.inversion.options["isdu"] = isdu
+        for net in NETWORK_METHODS:
+            if net in self.inversion.options:
+                opts = check_network_options(self.inversion.options[net], net, source)
+                if opts.get("weights"):  # nodes run in their own folders
+                    opts["weights"] = os.path.abspath(os.fspath(opts["weights"]))
+                self.inversion.options[net] = opts
         t = self.training
         if t.patch_size < 8 or t.stride < 1 or not 0 <= t.min_mask_fraction < 1:
             raise QSMInputError(

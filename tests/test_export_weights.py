@@ -64,7 +64,7 @@ def test_export_refuses_what_it_cannot_use(tmp_path, reference_isdu, capsys):
     # the authors' plain state_dict is not a qsmflow training checkpoint
     pth = reference_isdu / "k1_full_Spinet_QSM_model_26_.pth"
     assert main(["export-weights", str(pth), str(out)]) == 2
-    assert "not a qsmflow-isdu checkpoint" in capsys.readouterr().err
+    assert "not a qsmflow-model checkpoint" in capsys.readouterr().err
     bad = tmp_path / "corrupt.pt"
     bad.write_bytes(b"not a zip")
     assert main(["export-weights", str(bad), str(out)]) == 2

@@ -356,7 +356,7 @@ def test_cli_invert_isdu_bad_weights(nifti_block, tmp_path, capsys):
     assert main(_invert_args(paths, out, "--weights", str(ckpt), "--threshold", "0.1")) == 2
     base = ["invert", str(paths["field"]), "-m", str(paths["mask"]), "-o", str(out)]
     assert main([*base, "--tile", "32"]) == 2
-    assert "isdu only" in capsys.readouterr().err
+    assert "networks only" in capsys.readouterr().err
     assert not out.exists()
 
 

@@ -8,7 +8,7 @@ import numpy as np
 
 HELP = (
     "dipole inversion of a local field (ppm) to susceptibility (ppm): TKD, TSVD, CFL2, NDI, "
-    "STAR, TV, ISDU-QSMNet"
+    "STAR, TV, ISDU-QSMNet and the model zoo (spinet, lpcnn, qsmnet, deepqsm, xqsm)"
 )
 
 DESCRIPTION = """\
@@ -69,6 +69,14 @@ Methods and the options they use:
         float64. The sidecar records the weights file and its sha256, K, shared, device, tile,
         crop margin and the adaptation (steps, learning rate, model loss first and last step,
         seconds).
+  spinet, lpcnn, qsmnet, deepqsm, xqsm  the other networks of the zoo (`qsmflow models`), with
+        --weights FILE = a qsmflow checkpoint of that model (from `qsmflow train`; spinet also
+        reads the authors' SpiNet-QSM .pth: K = 3, one shared denoiser, learned p, CG <= 25).
+        --device, the 16-multiple padding and the sidecar as for isdu; --iterations and
+        --shared-weights apply to spinet too, --tile, --crop-margin and --adapt to the
+        WideResNet-denoiser ISDU family only. The data-driven nets (qsmnet, deepqsm, xqsm) see
+        the field but not the dipole kernel, so they refuse a B0 direction more than 15 degrees
+        from the third array axis unless --no-geometry-check is given.
 """
 
 #: The step option each method-dependent flag sets (the step checks which method takes it).
@@ -97,7 +105,7 @@ def _description() -> str:
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from ..steps.inversion import INVERSION_METHODS, ISDU_DEVICES
+    from ..steps.inversion import INVERSION_METHODS, NETWORK_DEVICES
 
     p = subparsers.add_parser(
         "invert",
@@ -134,13 +142,20 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--weights",
         metavar="FILE",
-        help="ndi / tv: magnitude NIfTI (3-D or 4-D; data / edge weights); isdu: model "
+        help="ndi / tv: magnitude NIfTI (3-D or 4-D; data / edge weights); networks: model "
         "weights (.pt/.pth)",
     )
     p.add_argument(
         "--shared-weights", action="store_true", help="isdu: one denoiser for all K iterations"
     )
-    p.add_argument("--device", choices=ISDU_DEVICES, help="isdu: torch device (default auto)")
+    p.add_argument(
+        "--device", choices=NETWORK_DEVICES, help="networks: torch device (default auto)"
+    )
+    p.add_argument(
+        "--no-geometry-check",
+        action="store_true",
+        help="qsmnet, deepqsm, xqsm: run even where B0 is tilted from the third axis",
+    )
     p.add_argument(
         "--tile", type=int, metavar="N", help="isdu: denoise on N^3 tiles (bounded memory)"
     )
@@ -176,6 +191,7 @@ def step_options(args: argparse.Namespace) -> dict:
     so the step's defaults apply; the step rejects an option its method does not take)."""
     from ..errors import QSMInputError
     from ..physics.units import ppm_to_rad
+    from ..steps.inversion import NETWORK_METHODS
 
     method = args.method
     if (args.b0_tesla is None) != (args.te_s is None):
@@ -201,7 +217,9 @@ def step_options(args: argparse.Namespace) -> dict:
         given["crop_margin"] = None if args.crop_margin < 0 else args.crop_margin
     if args.b0_tesla is not None:
         given["field_scale"] = float(ppm_to_rad(1.0, args.te_s, args.b0_tesla))
-    if method == "isdu":
+    if args.no_geometry_check:
+        given["check_geometry"] = False
+    if method in NETWORK_METHODS:
         given["weights"] = args.weights
     return {key: value for key, value in given.items() if value is not None or key == "crop_margin"}
 
@@ -209,7 +227,7 @@ def step_options(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..steps.inversion import invert_file
+    from ..steps.inversion import NETWORK_METHODS, invert_file
 
     method = args.method
     result = invert_file(
@@ -219,16 +237,18 @@ def run(args: argparse.Namespace) -> int:
         method=method,
         options=step_options(args),
         b0_dir=args.b0_dir,
-        weights_image=args.weights if method != "isdu" else None,
+        weights_image=args.weights if method not in NETWORK_METHODS else None,
         float64=args.float64,
     )
     used = result.sidecar["InversionOptions"]
     label = method
-    if method == "isdu":
+    if method in ("isdu", "spinet"):
         tiles = "" if used["tile_size"] is None else f", tiles {used['tile_size']}"
         tiles += f", adapted {used['adapt']} steps" if used["adapt"] else ""
         sharing = "shared" if used["shared_weights"] else "unshared"
-        label = f"isdu (K = {used['iterations']}, {sharing}, {used['device']}{tiles})"
+        label = f"{method} (K = {used['iterations']}, {sharing}, {used['device']}{tiles})"
+    elif method in NETWORK_METHODS:
+        label = f"{method} ({used['device']})"
     print(
         f"qsmflow invert: {label} -> {result.outputs['chi']} "
         f"(b0 = {np.round(result.values['b0_dir'], 4).tolist()}, "

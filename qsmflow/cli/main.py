@@ -27,6 +27,7 @@ SUBCOMMANDS = (
     "cosmos",
     "patches",
     "realistic_patches",
+    "models",
     "train",
     "export_weights",
     "evaluate",

@@ -1,39 +1,53 @@
-"""Neural networks (torch): the ISDU-QSMNet denoiser, the unrolled model and checkpoint I/O.
+"""Neural networks (torch): the model zoo, ISDU-QSMNet and its denoisers, checkpoint I/O.
 
-Modules: :mod:`.wideresnet` (the denoiser), :mod:`.isdu` (the unrolled network),
-:mod:`.consistency` (its data-consistency solvers), :mod:`.kernels` (the one ISDU dipole
-kernel), :mod:`.checkpoints` (the one checkpoint reader/writer), :mod:`.inference`
-(whole-volume prediction).
+Modules: :mod:`.registry` (every model by name: ``qsmflow models``), :mod:`.isdu` (the unrolled
+ISDU-QSMNet / SpiNet-QSM), :mod:`.wideresnet` and :mod:`.denoisers` (its denoisers),
+:mod:`.lpcnn`, :mod:`.datadriven` (QSMnet, DeepQSM, xQSM through :mod:`.unet` and
+:mod:`.xqsm`), :mod:`.consistency` (data-consistency solvers), :mod:`.kernels` (the one ISDU
+dipole kernel), :mod:`.checkpoints` (the one checkpoint reader/writer), :mod:`.inference`
+(whole-volume prediction), :mod:`.adapt` (test-time adaptation).
+
+The names below are imported on first use, so ``import qsmflow.models.registry`` (the method
+names the command line and the pipeline check against) does not load torch.
 """
 
 from __future__ import annotations
 
-from .checkpoints import load_denoiser_state, load_isdu, save_isdu
-from .consistency import (
-    CGResult,
-    conjugate_gradient,
-    normal_operator,
-    solve_consistency_closed_form,
-)
-from .isdu import OUT_MEAN, OUT_STD, ISDUIntermediates, ISDUQSMNet
-from .kernels import ISDU_KERNEL_K0, isdu_kernel, reference_kernel
-from .wideresnet import WideBasicBlock, WideResNet
+import importlib
+from typing import Any
 
-__all__ = [
-    "ISDU_KERNEL_K0",
-    "OUT_MEAN",
-    "OUT_STD",
-    "CGResult",
-    "ISDUIntermediates",
-    "ISDUQSMNet",
-    "WideBasicBlock",
-    "WideResNet",
-    "conjugate_gradient",
-    "isdu_kernel",
-    "load_denoiser_state",
-    "load_isdu",
-    "normal_operator",
-    "reference_kernel",
-    "save_isdu",
-    "solve_consistency_closed_form",
-]
+_EXPORTS = {
+    "load_denoiser_state": "checkpoints",
+    "load_isdu": "checkpoints",
+    "load_model": "checkpoints",
+    "save_isdu": "checkpoints",
+    "save_model": "checkpoints",
+    "CGResult": "consistency",
+    "conjugate_gradient": "consistency",
+    "normal_operator": "consistency",
+    "solve_consistency_closed_form": "consistency",
+    "OUT_MEAN": "isdu",
+    "OUT_STD": "isdu",
+    "ISDUIntermediates": "isdu",
+    "ISDUQSMNet": "isdu",
+    "ISDU_KERNEL_K0": "kernels",
+    "isdu_kernel": "kernels",
+    "reference_kernel": "kernels",
+    "WideBasicBlock": "wideresnet",
+    "WideResNet": "wideresnet",
+    "LPCNN": "lpcnn",
+    "DataDrivenQSM": "datadriven",
+    "MODELS": "registry",
+    "build_model": "registry",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value

@@ -1,4 +1,4 @@
-"""Reading and writing ISDU-QSMNet weights.
+"""Reading and writing model weights: one checkpoint format for every model of the zoo.
 
 Files are always read with ``torch.load(path, map_location="cpu", weights_only=True)``: only
 tensors and plain containers are unpickled, never arbitrary objects. Three layouts are read:
@@ -9,15 +9,21 @@ tensors and plain containers are unpickled, never arbitrary objects. Three layou
    start from it (the paper's initialisation of the K = 4 model).
 2. **The authors' unshared-weight dict** (``model_{epoch}.pt``): ``{"K_unrolling": K,
    "model_0": state_dict, ..., "model_{K-1}": ...}`` plus training bookkeeping.
-3. **qsmflow's own format** (written by :func:`save_isdu`)::
+3. **qsmflow's own format** (written by :func:`save_model`), for any model of
+   :data:`qsmflow.models.registry.MODELS`::
 
-       {"format": "qsmflow-isdu", "version": 1,
-        "config": ISDUQSMNet.config (plain values),
-        "model": ISDUQSMNet.state_dict(),
+       {"format": "qsmflow-model", "version": 1,
+        "architecture": "isdu",           # the model's name in the registry
+        "config": model.config (plain values: the constructor arguments),
+        "model": model.state_dict(),
         "extra": {...}}                   # optional, plain values/tensors (trainer state etc.)
 
-This module is the one place that recognises these layouts: inference reads through
-:func:`load_isdu`, the trainer through :func:`model_from_checkpoint` (resume) and
+   Files of the earlier ISDU-only layout (``"format": "qsmflow-isdu"``, version 1, no
+   ``architecture``; e.g. the shipped weights) read as ``architecture = "isdu"``.
+
+Layouts 1 and 2 hold ISDU-family weights only (``isdu``, ``spinet``). This module is the one
+place that recognises these layouts: inference reads through :func:`load_model` (ISDU code
+through :func:`load_isdu`), the trainer through :func:`model_from_checkpoint` (resume) and
 :func:`first_denoiser_state` (``init_from``). Writes go through
 :func:`qsmflow.io.atomic.atomic_path` with ``fsync``.
 
@@ -33,30 +39,37 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..errors import QSMInputError
 from ..io.atomic import atomic_path
 from .isdu import ISDUQSMNet
+from .registry import ISDU_FAMILY, MODELS, spec_of
 from .wideresnet import WideResNet
 
 __all__ = [
     "FORMAT",
+    "LEGACY_FORMAT",
     "VERSION",
     "check_state_dict",
+    "checkpoint_architecture",
     "checkpoint_extra",
     "first_denoiser_state",
     "export_weights",
     "is_qsmflow_checkpoint",
     "load_denoiser_state",
     "load_isdu",
+    "load_model",
     "model_from_checkpoint",
     "read_checkpoint",
     "save_isdu",
+    "save_model",
 ]
 
-FORMAT = "qsmflow-isdu"
+FORMAT = "qsmflow-model"
 VERSION = 1
+#: The ISDU-only format that preceded :data:`FORMAT` (read as ``architecture = "isdu"``).
+LEGACY_FORMAT = "qsmflow-isdu"
 
 _ARCH_KEYS = ("width", "n_blocks")
 _MAX_LISTED = 5
@@ -134,7 +147,7 @@ def load_denoiser_state(
     )
 
 
-def _load_into(model: ISDUQSMNet, state: Any, source: str) -> ISDUQSMNet:
+def _load_into(model: nn.Module, state: Any, source: str) -> nn.Module:
     checked = check_state_dict(state, model.state_dict(), source, "model state_dict")
     model.load_state_dict(checked, strict=True)
     return model
@@ -142,33 +155,50 @@ def _load_into(model: ISDUQSMNet, state: Any, source: str) -> ISDUQSMNet:
 
 def is_qsmflow_checkpoint(obj: Any) -> bool:
     """Whether a loaded checkpoint object is in qsmflow's own format (layout 3)."""
-    return isinstance(obj, Mapping) and obj.get("format") == FORMAT
+    return isinstance(obj, Mapping) and obj.get("format") in (FORMAT, LEGACY_FORMAT)
 
 
 def _check_qsmflow(obj: Mapping[str, Any], source: str) -> Mapping[str, Any]:
     """The model config of a qsmflow checkpoint dict after checking format, version and keys."""
-    if obj.get("format") != FORMAT:
+    if obj.get("format") not in (FORMAT, LEGACY_FORMAT):
         raise QSMInputError(f"unknown checkpoint format {obj.get('format')!r}", source=source)
     if obj.get("version") != VERSION:
         raise QSMInputError(
-            f"unsupported {FORMAT} version {obj.get('version')!r} (this is version {VERSION})",
+            f"unsupported {obj.get('format')} version {obj.get('version')!r} (this is "
+            f"version {VERSION})",
             source=source,
         )
     config = obj.get("config")
     if not isinstance(config, Mapping) or not isinstance(obj.get("model"), Mapping):
         raise QSMInputError("checkpoint lacks 'config' or 'model'", source=source)
+    checkpoint_architecture(obj, source)
     return config
 
 
-def model_from_checkpoint(obj: Mapping[str, Any], source: str, **overrides: Any) -> ISDUQSMNet:
-    """The :class:`ISDUQSMNet` of a loaded qsmflow checkpoint dict (strict weights; train mode).
+def checkpoint_architecture(obj: Mapping[str, Any], source: str) -> str:
+    """The registry name of the model in a qsmflow checkpoint dict ("isdu" for the old
+    ISDU-only format); QSMInputError for a name this version does not know."""
+    if obj.get("format") == LEGACY_FORMAT:
+        return "isdu"
+    name = obj.get("architecture")
+    if name not in MODELS:
+        raise QSMInputError(
+            f"checkpoint model {name!r} is not one of {', '.join(MODELS)}", source=source
+        )
+    return str(name)
+
+
+def model_from_checkpoint(obj: Mapping[str, Any], source: str, **overrides: Any) -> nn.Module:
+    """The model of a loaded qsmflow checkpoint dict (strict weights; train mode).
 
     ``overrides`` replace entries of the saved config (architecture keys must still agree with
-    the saved weights).
+    the saved weights). The saved config is complete, so the registry entry's defaults are not
+    applied on top of it.
     """
     config = _check_qsmflow(obj, source)
+    name = checkpoint_architecture(obj, source)
     try:
-        model = ISDUQSMNet(**{**config, **overrides})
+        model = spec_of(name).build(**{**config, **overrides})
     except TypeError as exc:
         raise QSMInputError(f"bad model config: {exc}", source=source) from exc
     return _load_into(model, obj["model"], source)
@@ -185,6 +215,9 @@ def first_denoiser_state(obj: Any, source: str) -> tuple[dict[str, Tensor], dict
         raise QSMInputError(f"checkpoint holds a {type(obj).__name__}, not a dict", source)
     if "format" in obj:
         config = _check_qsmflow(obj, source)
+        name = checkpoint_architecture(obj, source)
+        if name not in ISDU_FAMILY:
+            raise QSMInputError(f"a {name} checkpoint has no ISDU denoiser", source)
         prefix = "denoisers.0."
         sd = {k[len(prefix) :]: v for k, v in obj["model"].items() if k.startswith(prefix)}
         if not sd:
@@ -211,7 +244,15 @@ def load_isdu(path: str | os.PathLike, **overrides: Any) -> ISDUQSMNet:
     source = str(path)
     obj = read_checkpoint(path)
     if isinstance(obj, Mapping) and "format" in obj:
-        return model_from_checkpoint(obj, source, **overrides).eval()
+        _check_qsmflow(obj, source)
+        name = checkpoint_architecture(obj, source)
+        if name not in ISDU_FAMILY:
+            raise QSMInputError(
+                f"this checkpoint holds a {name} model, not an ISDU-QSMNet", source=source
+            )
+        model = model_from_checkpoint(obj, source, **overrides).eval()
+        assert isinstance(model, ISDUQSMNet)
+        return model
 
     if isinstance(obj, Mapping) and "K_unrolling" in obj:
         n_iter = int(obj["K_unrolling"])
@@ -233,19 +274,60 @@ def load_isdu(path: str | os.PathLike, **overrides: Any) -> ISDUQSMNet:
     return ISDUQSMNet.from_k1_denoiser(state, **overrides).eval()
 
 
-def save_isdu(
-    path: str | os.PathLike, model: ISDUQSMNet, extra: Mapping[str, Any] | None = None
+def load_model(
+    path: str | os.PathLike, architecture: str | None = None, **overrides: Any
+) -> tuple[str, nn.Module]:
+    """(registry name, model in eval mode on the CPU) of any checkpoint layout.
+
+    A qsmflow checkpoint names its model; ``architecture``, when given, must agree with it
+    (``isdu`` and ``spinet`` are the same class and may stand for each other). The authors'
+    layouts hold ISDU-family weights: they are read with that entry's defaults (``isdu`` when
+    ``architecture`` is None), e.g. ``spinet`` = one shared denoiser, K = 3, CG <= 25.
+    ``overrides`` replace config entries as in :func:`load_isdu`.
+    """
+    source = str(path)
+    if architecture is not None:
+        spec_of(architecture)
+    obj = read_checkpoint(path)
+    if is_qsmflow_checkpoint(obj):
+        _check_qsmflow(obj, source)
+        name = checkpoint_architecture(obj, source)
+        same_family = name in ISDU_FAMILY and architecture in ISDU_FAMILY
+        if architecture is not None and architecture != name and not same_family:
+            raise QSMInputError(
+                f"this checkpoint holds a {name} model, not {architecture}", source=source
+            )
+        return name, model_from_checkpoint(obj, source, **overrides).eval()
+    name = architecture or "isdu"
+    if name not in ISDU_FAMILY:
+        raise QSMInputError(
+            f"not a {FORMAT} checkpoint: {name} weights must come from qsmflow train", source
+        )
+    return name, load_isdu(path, **{**MODELS[name].defaults, **overrides})
+
+
+def save_model(
+    path: str | os.PathLike,
+    model: nn.Module,
+    architecture: str,
+    extra: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write ``model`` in qsmflow's format, atomically and flushed to disk (``atomic_path``).
+    """Write ``model`` (registry name ``architecture``) in qsmflow's format, atomically and
+    flushed to disk (``atomic_path``).
 
     ``extra`` (epoch, losses, optimiser state, ...) must hold only tensors and plain Python
     values so that it can be read back with ``weights_only=True``. Returns the path.
     """
+    spec_of(architecture)
+    config = getattr(model, "config", None)
+    if not isinstance(config, Mapping):
+        raise QSMInputError(f"{type(model).__name__} has no config to save")
     path = Path(path)
     obj: dict[str, Any] = {
         "format": FORMAT,
         "version": VERSION,
-        "config": model.config,
+        "architecture": architecture,
+        "config": dict(config),
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
     if extra is not None:
@@ -253,6 +335,13 @@ def save_isdu(
     with atomic_path(path, fsync=True) as tmp:
         torch.save(obj, tmp)
     return path
+
+
+def save_isdu(
+    path: str | os.PathLike, model: ISDUQSMNet, extra: Mapping[str, Any] | None = None
+) -> Path:
+    """:func:`save_model` for an ISDU-QSMNet (``architecture = "isdu"``)."""
+    return save_model(path, model, "isdu", extra)
 
 
 def export_weights(
@@ -272,14 +361,14 @@ def export_weights(
     obj = read_checkpoint(src)
     if not is_qsmflow_checkpoint(obj):
         raise QSMInputError(f"not a {FORMAT} checkpoint (train with qsmflow first)", source)
-    model = load_isdu(src)
+    name, model = load_model(src)
     training = dict((obj.get("extra") or {}).get("training") or {})
     for key in ("optimizer", "scaler", "rng", "sampler"):
         training.pop(key, None)
     extra: dict[str, Any] = {"training": training}
     if provenance:
         extra["provenance"] = dict(provenance)
-    return save_isdu(dest, model, extra=extra)
+    return save_model(dest, model, name, extra=extra)
 
 
 def checkpoint_extra(path: str | os.PathLike) -> dict[str, Any]:

@@ -1,7 +1,11 @@
-"""Whole-volume ISDU-QSMNet inference: padding, dipole kernel, device, optional tiling.
+"""Whole-volume network inference: padding, dipole kernel, device, optional tiling.
 
 :func:`predict_volume` turns a local field (ppm) and its mask on any grid into a
-susceptibility map (ppm), with the conventions of the trained model:
+susceptibility map (ppm) with any model of the zoo (:mod:`qsmflow.models.registry`), with the
+conventions of the trained model. Fusing, tiling and cropping below apply to ISDU-family models
+with the WideResNet denoiser (finite receptive field); the other models run on the whole padded
+array, and data-driven ones first check that the field's geometry is one they were trained for
+(``check_geometry``):
 
 * **Padding.** Every axis is zero-padded to a multiple of ``pad_multiple`` (16; the padding is
   split between both ends, ``(p - n) // 2`` voxels before and the rest after) and the result is
@@ -55,6 +59,7 @@ import contextlib
 import hashlib
 import itertools
 import logging
+import math
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -68,9 +73,10 @@ from ..errors import QSMInputError
 from ..physics.kernel import check_voxel_size, normalise_b0_dir
 from ..physics.validation import check_mask
 from .adapt import ADAPT_LR
-from .checkpoints import load_isdu
+from .checkpoints import load_model
 from .isdu import ISDUQSMNet
 from .kernels import ISDU_KERNEL_K0, isdu_kernel
+from .registry import ISDU_FAMILY, MODELS
 from .wideresnet import FusedWideResNet, WideResNet
 
 __all__ = [
@@ -85,8 +91,9 @@ __all__ = [
     "file_sha256",
     "mask_box",
     "fused_denoisers",
-    "invert_isdu",
-    "isdu_sidecar",
+    "has_fast_path",
+    "invert_network",
+    "network_sidecar",
     "load_inference_model",
     "pad_widths",
     "predict_volume",
@@ -107,6 +114,12 @@ log = logging.getLogger(__name__)
 def receptive_radius(model: ISDUQSMNet) -> int:
     """Receptive-field radius of the model's denoisers: 2 n_blocks + 1 3^3 convolutions."""
     return 2 * int(model.config.get("n_blocks", 8)) + 1
+
+
+def has_fast_path(model: nn.Module) -> bool:
+    """Whether ``model`` is an ISDU-family model with WideResNet denoisers, for which inference
+    can fuse, tile and crop (a finite receptive field, BatchNorm to fold)."""
+    return isinstance(model, ISDUQSMNet) and model.denoiser_name == "wideresnet"
 
 
 def resolve_device(
@@ -308,7 +321,7 @@ def fused_denoisers(model: ISDUQSMNet, enabled: bool = True) -> Iterator[ISDUQSM
 
 
 def predict_volume(
-    model: ISDUQSMNet,
+    model: nn.Module,
     phi_ppm: np.ndarray,
     mask: np.ndarray,
     voxel_size: Sequence[float],
@@ -321,34 +334,39 @@ def predict_volume(
     dtype: torch.dtype = torch.float32,
     fuse: bool = True,
     crop_margin: int | None = CROP_MARGIN,
+    check_geometry: bool = True,
 ) -> np.ndarray:
     """Susceptibility (ppm) of a whole local field with an ISDU-QSMNet model.
 
     Parameters
     ----------
-    model : :class:`ISDUQSMNet` (e.g. from :func:`~qsmflow.models.checkpoints.load_isdu`).
+    model : any model of :mod:`qsmflow.models.registry` (e.g. from
+        :func:`~qsmflow.models.checkpoints.load_model`).
     phi_ppm : local field (X, Y, Z), ppm of B0; finite inside the mask (zeroed outside).
     mask : (X, Y, Z) bool or numeric (> 0.5 is inside); must not be empty.
     voxel_size : mm per array axis; b0_dir : B0 direction in array axes (normalised here).
     device : "auto" (CUDA when available), "cpu", "cuda", ... (the model is moved there).
     tile_size : None (whole volume at once) or the tile edge in voxels for the denoisers.
     halo : tile overlap in voxels per side (>= 17 for a result equal to the untiled one).
-    pad_multiple : pad every axis to a multiple of this (16; 1 = no padding).
+    pad_multiple : pad every axis to a multiple of this (16; 1 = no padding); raised to a
+        multiple of the model's ``size_multiple`` (the U-Nets need 16).
     dtype : float32 or float64 for the field, kernel and data-consistency step; the denoisers
         run in their parameters' dtype (``model.double()`` for a float64 network).
     fuse : run the denoisers with BatchNorm folded and channels_last_3d (faster, equal up to
         float rounding; see :func:`fused_denoisers`).
     crop_margin : exact denoiser output up to this many voxels beyond the mask's bounding box,
         the network's far-field constant elsewhere (module docstring, "Cropping"); None = run
-        the denoisers on the whole array.
+        the denoisers on the whole array. WideResNet denoisers only (ignored otherwise).
+    check_geometry : let a data-driven model refuse a B0 direction it was not trained for
+        (:meth:`~qsmflow.models.datadriven.DataDrivenQSM.check_geometry`).
 
     Returns
     -------
     chi (X, Y, Z) float32 ppm, 0 outside the mask. See the module docstring for the
     conventions (padding, kernel, tiling).
     """
-    if not isinstance(model, ISDUQSMNet):
-        raise QSMInputError(f"model must be an ISDUQSMNet, got {type(model).__name__}")
+    if not isinstance(model, nn.Module):
+        raise QSMInputError(f"model must be a torch module, got {type(model).__name__}")
     phi = np.asarray(phi_ppm)
     if phi.ndim != 3 or min(phi.shape) < 1:
         raise QSMInputError(f"field must be a 3-D array, got shape {phi.shape}")
@@ -369,6 +387,14 @@ def predict_volume(
     if dtype not in (torch.float32, torch.float64):
         raise QSMInputError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
     dev = resolve_device(device)
+    fast = has_fast_path(model)
+    if tile_size is not None and not fast:
+        raise QSMInputError("tiling needs WideResNet denoisers (a finite receptive field)")
+    geometry_check = getattr(model, "check_geometry", None)
+    if check_geometry and callable(geometry_check):
+        geometry_check(vox, b0)
+    size_multiple = int(getattr(model, "size_multiple", 1))
+    pad_multiple = math.lcm(int(pad_multiple), size_multiple)
     if tile_size is not None and int(halo) < receptive_radius(model):
         log.warning(
             "tile halo %d < the denoiser's receptive radius %d: tiled and whole-volume results "
@@ -388,7 +414,7 @@ def predict_volume(
     padded = field.shape
     crop = tuple(slice(a, a + n) for (a, _), n in zip(widths, phi.shape, strict=True))
 
-    radius = receptive_radius(model)
+    radius = receptive_radius(model) if fast else 0
     was_training = model.training
     model.eval()
     model.to(dev)
@@ -398,12 +424,13 @@ def predict_volume(
         mask_t = torch.from_numpy(np.ascontiguousarray(m_pad))[None, None].to(dev, dtype)
         box = mask_box(m_pad, None if crop_margin is None else int(crop_margin) + radius)
         whole = all(b.start == 0 and b.stop == n for b, n in zip(box, padded, strict=True))
-        with (
-            torch.no_grad(),
-            fused_denoisers(model, bool(fuse)),
-            tiled_denoisers(model, tile_size, int(halo)),
-            cropped_denoisers(model, None if whole else box, radius),
-        ):
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(torch.no_grad())
+            if fast:
+                assert isinstance(model, ISDUQSMNet)
+                stack.enter_context(fused_denoisers(model, bool(fuse)))
+                stack.enter_context(tiled_denoisers(model, tile_size, int(halo)))
+                stack.enter_context(cropped_denoisers(model, None if whole else box, radius))
             chi_t = model(phi_t, mask_t, kernel)
         chi = chi_t[0, 0].detach().to("cpu", torch.float32).numpy()
     finally:
@@ -443,15 +470,23 @@ NO_DEFAULT_WEIGHTS = (
 THREAD_ENV_VARS = ("QSMFLOW_TORCH_THREADS", "OMP_NUM_THREADS")
 
 
-def resolve_weights(weights: str | os.PathLike | None) -> Path:
-    """``weights`` as a Path, or the shipped default; QSMInputError when neither exists."""
+def resolve_weights(weights: str | os.PathLike | None, method: str = "isdu") -> Path:
+    """``weights`` as a Path, or the shipped default (``isdu`` only); QSMInputError when
+    neither exists."""
     if weights is None or str(weights) == "":
+        if method != "isdu":
+            preset = MODELS[method].preset if method in MODELS else ""
+            raise QSMInputError(
+                f"no shipped weights for {method}; pass --weights FILE (train them with "
+                f"qsmflow train --config workflows/{preset}; pipeline presets: "
+                f"[inversion.options.{method}] weights = FILE)"
+            )
         if not DEFAULT_WEIGHTS.is_file():
             raise QSMInputError(NO_DEFAULT_WEIGHTS)
         return DEFAULT_WEIGHTS
     path = Path(weights)
     if not path.is_file():
-        raise QSMInputError("ISDU-QSMNet weights file not found", str(path))
+        raise QSMInputError(f"{method} weights file not found", str(path))
     return path
 
 
@@ -466,19 +501,25 @@ def file_sha256(path: str | os.PathLike) -> str:
 def load_inference_model(
     weights: str | os.PathLike | None = None,
     *,
+    method: str = "isdu",
     iterations: int | None = None,
     shared_weights: bool | None = None,
-) -> tuple[ISDUQSMNet, dict[str, Any]]:
-    """Load a model with :func:`~qsmflow.models.checkpoints.load_isdu` (``weights_only``).
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Load a model with :func:`~qsmflow.models.checkpoints.load_model` (``weights_only``).
 
-    ``weights``: a qsmflow checkpoint, the authors' single-denoiser ``.pth`` (every one of the
-    K denoisers a copy; K = 4 unshared unless ``iterations``/``shared_weights`` say otherwise)
-    or their unshared ``model_*.pt`` dict; None = the shipped default (:data:`DEFAULT_WEIGHTS`).
-    ``iterations`` (K) and ``shared_weights`` override the file's where it allows; a checkpoint
-    that fixes them otherwise is an error. Returns ``(model, info)`` with info = {weights,
-    weights_sha256, iterations, shared_weights, default_weights}.
+    ``method``: the model's registry name; a qsmflow checkpoint must hold that model (isdu and
+    spinet may stand for each other). ``weights``: a qsmflow checkpoint or, for the ISDU family,
+    the authors' single-denoiser ``.pth`` (every one of the K denoisers a copy; ``isdu``: K = 4
+    unshared, ``spinet``: K = 3 shared, unless ``iterations``/``shared_weights`` say otherwise)
+    or their unshared ``model_*.pt`` dict; None = the shipped default (:data:`DEFAULT_WEIGHTS`,
+    isdu only). ``iterations`` (K) and ``shared_weights`` (ISDU family only) override the
+    file's where it allows; a checkpoint that fixes them otherwise is an error. Returns
+    ``(model, info)`` with info = {method, architecture, weights, weights_sha256, iterations,
+    shared_weights, default_weights}.
     """
-    path = resolve_weights(weights)
+    path = resolve_weights(weights, method)
+    if method not in ISDU_FAMILY and (iterations is not None or shared_weights is not None):
+        raise QSMInputError(f"iterations and shared_weights apply to isdu and spinet, not {method}")
     overrides: dict[str, Any] = {}
     if iterations is not None:
         if int(iterations) < 1:
@@ -486,7 +527,18 @@ def load_inference_model(
         overrides["n_iterations"] = int(iterations)
     if shared_weights is not None:
         overrides["shared_weights"] = bool(shared_weights)
-    model = load_isdu(path, **overrides)
+    architecture, model = load_model(path, method, **overrides)
+    if not isinstance(model, ISDUQSMNet):
+        info = {
+            "method": method,
+            "architecture": architecture,
+            "weights": str(path),
+            "weights_sha256": file_sha256(path),
+            "iterations": getattr(model, "config", {}).get("n_iterations"),
+            "shared_weights": None,
+            "default_weights": False,
+        }
+        return model, info
     if iterations is not None and model.n_iterations != int(iterations):
         raise QSMInputError(
             f"this checkpoint fixes K = {model.n_iterations}; cannot run K = {iterations}",
@@ -497,6 +549,8 @@ def load_inference_model(
             f"this checkpoint has shared_weights = {model.shared_weights}", str(path)
         )
     info = {
+        "method": method,
+        "architecture": architecture,
         "weights": str(path),
         "weights_sha256": file_sha256(path),
         "iterations": model.n_iterations,
@@ -506,9 +560,10 @@ def load_inference_model(
     return model, info
 
 
-def isdu_sidecar(info: dict[str, Any]) -> dict[str, Any]:
-    """The JSON sidecar entries describing an ISDU run (from :func:`invert_isdu`'s info)."""
+def network_sidecar(info: dict[str, Any]) -> dict[str, Any]:
+    """The JSON sidecar entries describing a network run (from :func:`invert_network`'s info)."""
     return {
+        "Network": info.get("architecture", "isdu"),
         "Weights": info["weights"],
         "WeightsSHA256": info["weights_sha256"],
         "Iterations": info["iterations"],
@@ -544,12 +599,13 @@ def apply_thread_env() -> int | None:
     return None
 
 
-def invert_isdu(
+def invert_network(
     phi_ppm: np.ndarray,
     mask: np.ndarray,
     voxel_size: Sequence[float],
     b0_dir: Sequence[float],
     *,
+    method: str = "isdu",
     weights: str | os.PathLike | None = None,
     iterations: int | None = None,
     shared_weights: bool | None = None,
@@ -561,9 +617,11 @@ def invert_isdu(
     adapt: int = 0,
     adapt_lr: float = ADAPT_LR,
     crop_margin: int | None = CROP_MARGIN,
+    check_geometry: bool = True,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Load the weights and run :func:`predict_volume`: what ``qsmflow invert --method isdu``
-    and the pipeline's ``isdu`` node do. ``float64`` runs the whole network in float64.
+    """Load the weights of model ``method`` (:data:`~qsmflow.models.registry.MODELS`) and run
+    :func:`predict_volume`: what ``qsmflow invert --method <model>`` and the pipeline's network
+    nodes do. ``float64`` runs the whole network in float64.
     ``adapt`` > 0 first adapts the weights to this field by that many steps of
     :func:`~qsmflow.models.adapt.adapt_to_field` (test-time data consistency, FINE) with
     learning rate ``adapt_lr``.
@@ -574,8 +632,10 @@ def invert_isdu(
     """
     dev = resolve_device(device)  # before loading: a missing GPU fails fast
     model, info = load_inference_model(
-        weights, iterations=iterations, shared_weights=shared_weights
+        weights, method=method, iterations=iterations, shared_weights=shared_weights
     )
+    if int(adapt) > 0 and not isinstance(model, ISDUQSMNet):
+        raise QSMInputError(f"adapt applies to the ISDU family (isdu, spinet), not {method}")
     dtype = torch.float64 if float64 else torch.float32
     if float64:
         model = model.double()
@@ -607,6 +667,7 @@ def invert_isdu(
         pad_multiple=pad_multiple,
         dtype=dtype,
         crop_margin=crop_margin,
+        check_geometry=check_geometry,
     )
     info.update(
         device=str(dev),

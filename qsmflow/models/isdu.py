@@ -14,7 +14,8 @@ susceptibility statistics ``out_mean``/``out_std`` of the authors' ``tr-stats.ma
               = M A^-1 b,  A = F^-1 D^2 F + lambda_k w^2,  b = F^-1 D F phi + lambda_k w^2 z_k
     chi = M Re x_K                                        (the imaginary part is discarded)
 
-Every denoiser is a :class:`~qsmflow.models.wideresnet.WideResNet` carrying its own
+Every denoiser (by default a :class:`~qsmflow.models.wideresnet.WideResNet`; the ablation's
+alternatives are in :mod:`qsmflow.models.denoisers`) carries its own
 ``lambda_val`` (lambda_k) and ``p`` (p_k). ``shared_weights=True`` uses one denoiser for all K
 iterations (SpiNet-QSM / ISDU "SW"), otherwise K independent ones (ISDU "USW").
 
@@ -78,7 +79,7 @@ from .consistency import (
     normal_operator,
     solve_consistency_closed_form,
 )
-from .wideresnet import WideResNet
+from .denoisers import DENOISERS, build_denoiser
 
 __all__ = [
     "CONSISTENCY_SOLVERS",
@@ -180,6 +181,9 @@ class ISDUQSMNet(nn.Module):
     learn_p : whether every denoiser's ``p`` is trainable (False in ISDU, True in SpiNet).
     width, n_blocks, dropout, lambda_init, p_init : denoiser architecture and initial values,
         see :class:`~qsmflow.models.wideresnet.WideResNet`.
+    denoiser : "wideresnet" (the paper's, default), "simple-cnn", "unet-mini" or "unet-heavy"
+        (the supplement's ablation, :mod:`qsmflow.models.denoisers`; width, n_blocks and
+        dropout shape the WideResNet only).
 
     Forward: ``model(phi, mask, kernel)`` with phi (B, 1, X, Y, Z) float ppm, mask (B, 1, X, Y, Z)
     (bool or 0/1), kernel (B or 1, 1, X, Y, Z) real, D(0) = 1/3, FFT layout
@@ -205,8 +209,11 @@ class ISDUQSMNet(nn.Module):
         dropout: float = 0.5,
         lambda_init: float = 0.5,
         p_init: float = 2.0,
+        denoiser: str = "wideresnet",
     ) -> None:
         super().__init__()
+        if denoiser not in DENOISERS:
+            raise QSMInputError(f"denoiser must be one of {DENOISERS}, got {denoiser!r}")
         if int(n_iterations) < 1:
             raise QSMInputError(f"n_iterations must be >= 1, got {n_iterations}")
         if dc_mode not in CONSISTENCY_SOLVERS:
@@ -236,11 +243,12 @@ class ISDUQSMNet(nn.Module):
             "lambda_init": float(lambda_init),
             "p_init": float(p_init),
         }
+        if denoiser != "wideresnet":  # older checkpoints' configs have no such key
+            self._config["denoiser"] = denoiser
         n_denoisers = 1 if shared_weights else int(n_iterations)
         self.denoisers = nn.ModuleList(
-            WideResNet(
-                2,
-                2,
+            build_denoiser(
+                denoiser,
                 width=int(width),
                 n_blocks=int(n_blocks),
                 dropout=float(dropout),
@@ -286,9 +294,19 @@ class ISDUQSMNet(nn.Module):
             net.load_state_dict(state_dict, strict=True)
         return model
 
-    def denoiser(self, k: int) -> WideResNet:
+    def denoiser(self, k: int) -> nn.Module:
         """The denoiser of unrolled iteration ``k`` (0-based)."""
         return self.denoisers[0 if self.shared_weights else k]
+
+    @property
+    def denoiser_name(self) -> str:
+        """The denoiser architecture (:data:`~qsmflow.models.denoisers.DENOISERS`)."""
+        return str(self._config.get("denoiser", "wideresnet"))
+
+    @property
+    def size_multiple(self) -> int:
+        """Every spatial size must be a multiple of this (16 for the U-Net denoisers)."""
+        return int(getattr(self.denoisers[0], "size_multiple", 1))
 
     # ---------------------------------------------------------------------------- forward
 
@@ -347,14 +365,14 @@ class ISDUQSMNet(nn.Module):
     def _denoise(self, k: int, x: Tensor) -> tuple[Tensor, Tensor]:
         """x (B,1,X,Y,Z) complex -> (normalised input (B,2,...), z (B,1,...) complex)."""
         net = self.denoiser(k)
-        dtype = net.gen[0].weight.dtype
+        dtype = net.gen[0].weight.dtype if hasattr(net, "gen") else net.lambda_val.dtype
         v = torch.cat([x.real, x.imag], dim=1).to(dtype)
         mean, std = self.out_mean.to(dtype), self.out_std.to(dtype)
         v = (v - mean) / std
         u = net(v) * std + mean
         return v, torch.complex(u[:, 0:1], u[:, 1:2])
 
-    def _use_closed_form(self, net: WideResNet, p: Tensor) -> bool:
+    def _use_closed_form(self, net: nn.Module, p: Tensor) -> bool:
         if self.dc_mode == "cg":
             return False
         is_two = bool((p.detach() == 2).all())

@@ -69,6 +69,9 @@ class WideResNet(nn.Module):
     lambda_init : initial data-consistency weight (0.5, as the authors).
     p_init : initial exponent of the l_p prior (2.0, i.e. the MoDL quadratic prior).
     learn_p : whether ``p`` is trainable (False in ISDU, True in SpiNet-QSM).
+    scalars : whether the network carries ``lambda_val`` and ``p`` (True: a denoiser of an
+        unrolled model; False: a plain network, e.g. LPCNN's proximal operator, 1 -> 1
+        channels, 446,336 weights).
 
     Shapes: (B, in_channels, X, Y, Z) float -> (B, out_channels, X, Y, Z); any X, Y, Z
     (receptive field 35^3 voxels).
@@ -85,11 +88,13 @@ class WideResNet(nn.Module):
         lambda_init: float = 0.5,
         p_init: float = 2.0,
         learn_p: bool = False,
+        scalars: bool = True,
     ) -> None:
         super().__init__()
         # Registered before ``gen`` so that the state_dict order matches the authors' files.
-        self.lambda_val = nn.Parameter(torch.tensor([float(lambda_init)]))
-        self.p = nn.Parameter(torch.tensor([float(p_init)]), requires_grad=bool(learn_p))
+        if scalars:
+            self.lambda_val = nn.Parameter(torch.tensor([float(lambda_init)]))
+            self.p = nn.Parameter(torch.tensor([float(p_init)]), requires_grad=bool(learn_p))
         self.gen = nn.Sequential(
             nn.Conv3d(in_channels, width, kernel_size=3, padding=1, bias=False),
             nn.ReLU(inplace=True),

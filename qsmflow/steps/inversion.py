@@ -2,8 +2,9 @@
 
 ``qsmflow invert`` and the pipeline's ``DipoleInversion`` node call :func:`invert_file`.
 Methods: those of :data:`qsmflow.physics.inversion.METHODS` (options and defaults from
-:func:`qsmflow.physics.inversion.method_options`) and ``"isdu"``, the ISDU-QSMNet network
-(options :data:`ISDU_OPTIONS`, keywords of :func:`qsmflow.models.inference.invert_isdu`).
+:func:`qsmflow.physics.inversion.method_options`) and the networks of
+:data:`qsmflow.models.registry.MODELS` (isdu, spinet, lpcnn, qsmnet, deepqsm, xqsm; options
+:data:`NETWORK_OPTIONS`, keywords of :func:`qsmflow.models.inference.invert_network`).
 The B0 direction (unit vector in array axes) comes from the field's affine unless given.
 """
 
@@ -17,21 +18,26 @@ import numpy as np
 
 from ..errors import QSMInputError
 from ..io.nifti import load_volume, save_volume
+from ..models.registry import ISDU_FAMILY, MODELS
 from ..physics.inversion import METHODS, invert, methods_taking, resolve_options
 from ..physics.kernel import normalise_b0_dir
 from ..physics.validation import check_finite, check_same_affine, check_same_grid
 from . import StepResult, sources
 from .fieldmap import load_field_and_mask
 
-#: Every inversion method: the physics ones and the ISDU-QSMNet network.
-INVERSION_METHODS = (*METHODS, "isdu")
+#: The networks (qsmflow.models.registry.MODELS).
+NETWORK_METHODS = tuple(MODELS)
 
-#: Options of the ``isdu`` inversion (keywords of qsmflow.models.inference.invert_isdu):
-#: weights (checkpoint file; default: the shipped qsmflow/data/isdu_default.pt), iterations
-#: (K), shared_weights (bool), device (auto, cpu, cuda), tile_size (voxels), halo (voxels),
-#: adapt (test-time adaptation steps, 0 = off), adapt_lr (its Adam learning rate), crop_margin
-#: (voxels around the mask's bounding box that inference runs on).
-ISDU_OPTIONS = (
+#: Every inversion method: the physics ones and the networks.
+INVERSION_METHODS = (*METHODS, *NETWORK_METHODS)
+
+#: Options of the network inversions (keywords of qsmflow.models.inference.invert_network):
+#: weights (checkpoint file; default for isdu: the shipped qsmflow/data/isdu_default.pt),
+#: iterations (K) and shared_weights (bool) of the ISDU family, device (auto, cpu, cuda),
+#: tile_size (voxels), halo (voxels), adapt (test-time adaptation steps, 0 = off; ISDU family),
+#: adapt_lr (its Adam learning rate), crop_margin (voxels around the mask's bounding box that
+#: inference runs on), check_geometry (data-driven nets refuse a tilted B0; false = run anyway).
+NETWORK_OPTIONS = (
     "weights",
     "iterations",
     "shared_weights",
@@ -41,52 +47,67 @@ ISDU_OPTIONS = (
     "adapt",
     "adapt_lr",
     "crop_margin",
+    "check_geometry",
 )
 
-#: Torch devices the ``isdu`` inversion accepts.
-ISDU_DEVICES = ("auto", "cpu", "cuda")
+#: Options of the ISDU family only.
+ISDU_ONLY_OPTIONS = ("iterations", "shared_weights", "adapt", "adapt_lr")
+
+#: Torch devices the network inversions accept.
+NETWORK_DEVICES = ("auto", "cpu", "cuda")
 
 #: Value of the dipole kernel at k = 0 used by the physics methods (ISDU-QSMNet uses 1/3 and
-#: records it through qsmflow.models.inference.isdu_sidecar).
+#: records it through qsmflow.models.inference.network_sidecar).
 KERNEL_K0 = 0.0
 
 
-def check_isdu_options(options: Any, source: str | None = None) -> dict[str, Any]:
-    """Return the ``isdu`` options as a dict; unknown keys or bad values raise QSMInputError
-    naming ``source`` (e.g. the preset file)."""
+def check_network_options(
+    options: Any, method: str = "isdu", source: str | None = None
+) -> dict[str, Any]:
+    """Return the options of network ``method`` as a dict; unknown keys or bad values raise
+    QSMInputError naming ``source`` (e.g. the preset file)."""
     if not isinstance(options, Mapping):
-        raise QSMInputError("inversion.options.isdu must be a table", source)
+        raise QSMInputError(f"inversion.options.{method} must be a table", source)
     opts = dict(options)
-    unknown = sorted(set(opts) - set(ISDU_OPTIONS))
+    unknown = sorted(set(opts) - set(NETWORK_OPTIONS))
     if unknown:
         raise QSMInputError(
-            f"unknown isdu option(s) {', '.join(unknown)}; known: {', '.join(ISDU_OPTIONS)}",
+            f"unknown {method} option(s) {', '.join(unknown)}; known: {', '.join(NETWORK_OPTIONS)}",
             source,
         )
+    if method not in ISDU_FAMILY:
+        isdu_only = [k for k in ISDU_ONLY_OPTIONS if opts.get(k) not in (None, 0)]
+        if isdu_only:
+            raise QSMInputError(
+                f"option(s) {', '.join(isdu_only)} apply to isdu and spinet, not {method}", source
+            )
     for key in ("iterations", "tile_size", "halo", "adapt", "crop_margin"):
         value = opts.get(key)
         low = 0 if key in ("halo", "adapt", "crop_margin") else 1
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise QSMInputError(f"isdu option {key} must be an integer, got {value!r}", source)
+            raise QSMInputError(f"{method} option {key} must be an integer, got {value!r}", source)
         if value is not None and value < low:
-            raise QSMInputError(f"isdu option {key} must be >= {low}, got {value}", source)
+            raise QSMInputError(f"{method} option {key} must be >= {low}, got {value}", source)
     lr = opts.get("adapt_lr")
     if lr is not None and (
         isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < 1
     ):
-        raise QSMInputError(f"isdu option adapt_lr must be in (0, 1), got {lr!r}", source)
+        raise QSMInputError(f"{method} option adapt_lr must be in (0, 1), got {lr!r}", source)
     if opts.get("shared_weights") is not None and not isinstance(opts["shared_weights"], bool):
-        raise QSMInputError("isdu option shared_weights must be true or false", source)
-    if opts.get("device", "auto") not in ISDU_DEVICES:
+        raise QSMInputError(f"{method} option shared_weights must be true or false", source)
+    if opts.get("device", "auto") not in NETWORK_DEVICES:
         raise QSMInputError(
-            f"isdu option device must be auto, cpu or cuda, got {opts['device']!r}", source
+            f"{method} option device must be auto, cpu or cuda, got {opts['device']!r}", source
         )
+    if opts.get("check_geometry") is not None and not isinstance(opts["check_geometry"], bool):
+        raise QSMInputError(f"{method} option check_geometry must be true or false", source)
     if opts.get("weights") is not None and not isinstance(opts["weights"], (str, os.PathLike)):
-        raise QSMInputError("isdu option weights must be a file path", source)
+        raise QSMInputError(f"{method} option weights must be a file path", source)
     return opts
 
 
-def _isdu(
+def _network(
+    method: str,
     field: np.ndarray,
     mask: np.ndarray,
     voxel_size: Sequence[float],
@@ -94,15 +115,19 @@ def _isdu(
     options: Mapping[str, Any],
     float64: bool,
 ) -> tuple[np.ndarray, dict[str, Any], dict[str, Any]]:
-    """Run ISDU-QSMNet; returns chi (ppm), the effective options and the sidecar entries."""
-    from ..models.inference import apply_thread_env, invert_isdu, isdu_sidecar
+    """Run network ``method``; returns chi (ppm), the effective options and the sidecar
+    entries."""
+    from ..models.inference import apply_thread_env, invert_network, network_sidecar
 
-    opts = check_isdu_options(options)
+    opts = check_network_options(options, method)
     apply_thread_env()
-    chi, info = invert_isdu(field, mask, voxel_size, b0_dir, float64=float64, **opts)
-    keys = ISDU_OPTIONS
+    chi, info = invert_network(
+        field, mask, voxel_size, b0_dir, method=method, float64=float64, **opts
+    )
+    keys = [k for k in NETWORK_OPTIONS if k != "check_geometry"]
     used = {key: info[key] for key in (*keys, "pad_multiple")}
-    return chi, {**used, "float64": float64}, isdu_sidecar(info)
+    used["check_geometry"] = opts.get("check_geometry", True)
+    return chi, {**used, "float64": float64}, network_sidecar(info)
 
 
 def _weights_volume(path: str | os.PathLike, method: str, vol, mask: np.ndarray) -> np.ndarray:
@@ -143,8 +168,8 @@ def invert_file(
     """Invert the local field ``field`` (3-D, ppm of B0) inside ``mask`` to susceptibility.
 
     ``method`` is one of :data:`INVERSION_METHODS`; ``options`` are its keyword options
-    (physics methods: :func:`qsmflow.physics.inversion.method_options`; ``isdu``:
-    :data:`ISDU_OPTIONS`); an option the method does not take is an error. ``b0_dir`` (array
+    (physics methods: :func:`qsmflow.physics.inversion.method_options`; networks:
+    :data:`NETWORK_OPTIONS`); an option the method does not take is an error. ``b0_dir`` (array
     axes) overrides the direction from the affine. ``weights_image`` (methods taking
     ``weights``: ndi data weights, tv edge weights): the magnitude, 3-D or 4-D (echoes combined
     as their root-mean-square). ``float64`` computes in float64 and writes float64. Writes chi
@@ -158,14 +183,18 @@ def invert_file(
     data = check_finite(vol.data, "local field", vol.path, mask=mask_arr)
     b0 = vol.b0_dir if b0_dir is None else normalise_b0_dir(b0_dir)
     dtype = np.float64 if float64 else np.float32
-    if method == "isdu":
+    if method in NETWORK_METHODS:
         if weights_image is not None:
-            raise QSMInputError("a weights image applies to ndi only (isdu takes weights=FILE)")
-        chi, used, extra = _isdu(data, mask_arr, vol.voxel_size, b0, options or {}, float64)
+            raise QSMInputError(
+                f"a weights image applies to ndi and tv only ({method} takes weights=FILE)"
+            )
+        chi, used, extra = _network(
+            method, data, mask_arr, vol.voxel_size, b0, options or {}, float64
+        )
     else:
-        isdu_only = [k for k in options or {} if k in ISDU_OPTIONS and not methods_taking(k)]
-        if isdu_only:
-            raise QSMInputError(f"option {', '.join(isdu_only)} applies to isdu only")
+        net_only = [k for k in options or {} if k in NETWORK_OPTIONS and not methods_taking(k)]
+        if net_only:
+            raise QSMInputError(f"option {', '.join(net_only)} applies to the networks only")
         used = resolve_options(method, options)
         if weights_image is not None:
             used["weights"] = _weights_volume(weights_image, method, vol, mask_arr)

@@ -25,7 +25,8 @@ from ..errors import QSMInputError
 from ..models.kernels import ISDU_KERNEL_K0
 from .losses import LOSSES
 
-STAGES = ("k1", "unrolled")
+#: "k1" and "unrolled": the ISDU stages; "train": the one stage of another model of the zoo.
+STAGES = ("k1", "unrolled", "train")
 AMP_DTYPES = ("bfloat16", "float16")
 
 
@@ -33,8 +34,12 @@ AMP_DTYPES = ("bfloat16", "float16")
 class TrainConfig:
     """Settings of one training stage (TOML keys of ``qsmflow train`` presets).
 
-    stage : "k1" (one unrolled iteration, trained from scratch) or "unrolled" (K iterations,
-        usually initialised from a K = 1 checkpoint via ``init_from``).
+    architecture : the model, a name of :data:`qsmflow.models.registry.MODELS` (``isdu``
+        default; ``spinet``, ``lpcnn``, ``qsmnet``, ``deepqsm``, ``xqsm``).
+    stage : ISDU family: "k1" (one unrolled iteration, trained from scratch; the default) or
+        "unrolled" (K iterations, usually initialised from a K = 1 checkpoint via
+        ``init_from``). Other models: "train" (the default), from scratch or, with
+        ``init_from``, from a qsmflow checkpoint of the same model.
     n_iterations : K (must be 1 for stage "k1").
     shared_weights : one denoiser for all K iterations (SW) instead of K (USW, the paper's).
     init_from : checkpoint whose (first) denoiser initialises every denoiser: a qsmflow
@@ -66,8 +71,10 @@ class TrainConfig:
         ISDU convention, :data:`~qsmflow.models.kernels.ISDU_KERNEL_K0`); checked against the
         dataset and recorded for inference. (The name is a TOML key and is stored in training
         checkpoints; "dc" here is the kernel's k = 0 value, not data consistency.)
-    model : further :class:`~qsmflow.models.isdu.ISDUQSMNet` keyword arguments (``width``,
-        ``n_blocks``, ``dropout``, ``dc_mode``, ``learn_p``, ...).
+    model : further keyword arguments of the model: ISDU family
+        :class:`~qsmflow.models.isdu.ISDUQSMNet` (``width``, ``n_blocks``, ``dropout``,
+        ``dc_mode``, ``learn_p``, ``denoiser``, ...); others their class's (e.g. LPCNN's
+        ``n_iterations``, ``alpha_init``; the data-driven nets' ``in_mean`` ...).
     deterministic : request deterministic CUDA kernels (cudnn.deterministic, no benchmark).
     channels_last : keep the denoisers' convolution weights (and so their feature maps) in the
         ``channels_last_3d`` layout: the same model, ~25 % faster steps on the CPU (oneDNN) and
@@ -75,7 +82,8 @@ class TrainConfig:
     resume : continue from the newest checkpoint in ``output_dir``.
     """
 
-    stage: str = "k1"
+    architecture: str = "isdu"
+    stage: str = ""
     n_iterations: int = 1
     shared_weights: bool = False
     init_from: str | None = None
@@ -110,8 +118,24 @@ class TrainConfig:
         def bad(msg: str) -> QSMInputError:
             return QSMInputError(msg, source)
 
+        from ..models.registry import ISDU_FAMILY, MODELS
+
+        if self.architecture not in MODELS:
+            raise bad(f"architecture = {self.architecture!r}; choose from {', '.join(MODELS)}")
+        isdu_family = self.architecture in ISDU_FAMILY
+        if not self.stage:
+            self.stage = (
+                "k1"
+                if isdu_family and self.n_iterations == 1
+                else ("unrolled" if isdu_family else "train")
+            )
         if self.stage not in STAGES:
             raise bad(f"stage = {self.stage!r}; choose from {', '.join(STAGES)}")
+        if isdu_family == (self.stage == "train"):
+            raise bad(
+                f"stage {self.stage!r} does not fit architecture {self.architecture!r} "
+                "(isdu/spinet: k1 or unrolled; the other models: train)"
+            )
         if self.loss not in LOSSES:
             raise bad(f"loss = {self.loss!r}; choose from {', '.join(LOSSES)}")
         for key in ("n_iterations", "epochs", "batch_size", "cg_max_iter"):
@@ -147,6 +171,8 @@ class TrainConfig:
         if not isinstance(self.model, dict):
             raise bad("model must be a table of ISDUQSMNet keyword arguments")
         reserved = {"n_iterations", "shared_weights", "out_mean", "out_std", "cg_max_iter"}
+        if not isdu_family:
+            reserved = {"out_mean", "out_std"}
         clash = reserved & set(self.model)
         if clash:
             raise bad(f"set {', '.join(sorted(clash))} at the top level, not in [model]")

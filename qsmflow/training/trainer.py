@@ -1,13 +1,17 @@
-"""Training of ISDU-QSMNet: K = 1 pre-training, then K unrolled iterations initialised from it.
+"""Training of ISDU-QSMNet (K = 1 pre-training, then K unrolled iterations initialised from
+it) and of every other model of the zoo (:mod:`qsmflow.models.registry`, ``architecture``).
 
 Recipe (isdu_qsmnet_spec.md section 4): Adam (lr 1e-4, default betas, no weight decay, no
 schedule, no clipping), batch 2, the combined loss (1 x L1 + 0.5 x Sobel-edge L1 + 0.5 x model
 loss), 64^3 patches; a K = 1 model is trained first (27 epochs over all 16,800 patches in the
 paper), then the K = 4 unshared model starts with every denoiser a copy of the K = 1 denoiser
 (``stage="unrolled"``, ``init_from``) and trains on a random subset ("RS") of 4000 patches
-per epoch. :func:`train` runs one stage; :mod:`qsmflow.training.recipe` chains the stages of a
-preset (``qsmflow train``); settings: :mod:`qsmflow.training.config`; checkpoint and RNG
-bookkeeping: :mod:`qsmflow.training.state`.
+per epoch. Another ``architecture`` (spinet, lpcnn, qsmnet, deepqsm, xqsm) trains in one stage
+(``"train"``; spinet as the ISDU stages) with the same loop, losses, checkpoints and resume;
+its normalisation statistics come from the settings, else the patch set's ``normalisation``
+(field and chi), else the model's defaults. :func:`train` runs one stage;
+:mod:`qsmflow.training.recipe` chains the stages of a preset (``qsmflow train``); settings:
+:mod:`qsmflow.training.config`; checkpoint and RNG bookkeeping: :mod:`qsmflow.training.state`.
 
 Output folder (``TrainConfig.output_dir``)::
 
@@ -58,6 +62,7 @@ from ..errors import QSMInputError
 from ..models import checkpoints
 from ..models.inference import resolve_device
 from ..models.isdu import ISDUQSMNet
+from ..models.registry import ISDU_FAMILY, MODELS
 from . import ddp
 from .config import TrainConfig
 from .dataset import describe_dataset
@@ -79,6 +84,7 @@ log = logging.getLogger(__name__)
 
 #: Settings that must agree between a checkpoint and the run resuming it.
 _RESUME_KEYS = (
+    "architecture",
     "stage",
     "n_iterations",
     "shared_weights",
@@ -301,11 +307,51 @@ class Trainer:
                 kw.setdefault("out_std", OUT_STD)
         return kw
 
+    def _dataset_stats(self, key: str) -> dict[str, float] | None:
+        """The training data's mean/std of ``key`` ("chi" or "field"), where it records them."""
+        norm = getattr(self.dataset, "normalisation", None)
+        stats = norm.get(key) if isinstance(norm, dict) else None
+        if isinstance(stats, dict) and float(stats.get("std", 0)) > 0:
+            return {"mean": float(stats["mean"]), "std": float(stats["std"])}
+        return None
+
+    def _zoo_kwargs(self) -> dict[str, Any]:
+        """Constructor arguments of a non-ISDU model: ``[model]``, then the normalisation
+        statistics (settings, else the data's, else the model's defaults)."""
+        cfg = self.cfg
+        kw: dict[str, Any] = dict(cfg.model)
+        chi = self._dataset_stats("chi")
+        field = self._dataset_stats("field")
+        if cfg.out_mean is not None and cfg.out_std is not None:
+            chi = {"mean": float(cfg.out_mean), "std": float(cfg.out_std)}
+        if cfg.architecture == "lpcnn":
+            if chi is not None:
+                kw.setdefault("gt_mean", chi["mean"])
+                kw.setdefault("gt_std", chi["std"])
+        elif MODELS[cfg.architecture].family == "data-driven":
+            if chi is not None:
+                kw.setdefault("out_mean", chi["mean"])
+                kw.setdefault("out_std", chi["std"])
+            if field is not None:
+                kw.setdefault("in_mean", field["mean"])
+                kw.setdefault("in_std", field["std"])
+        return kw
+
     def _whole_model_init(self, obj: Any, src: str) -> nn.Module | None:
         """The whole model of a qsmflow checkpoint ``obj`` with this stage's K and weight
         sharing (fine-tuning: every denoiser keeps its own weights); None otherwise."""
         cfg = self.cfg
-        if cfg.stage != "unrolled" or not checkpoints.is_qsmflow_checkpoint(obj):
+        if not checkpoints.is_qsmflow_checkpoint(obj):
+            return None
+        if cfg.architecture not in ISDU_FAMILY:
+            name = checkpoints.checkpoint_architecture(obj, src)
+            if name != cfg.architecture:
+                raise QSMInputError(
+                    f"init_from holds a {name} model, this stage trains {cfg.architecture}", src
+                )
+            log.info("fine-tuning the %s model of %s", name, src)
+            return checkpoints.model_from_checkpoint(obj, src)
+        if cfg.stage != "unrolled":
             return None
         config = obj.get("config") or {}
         if int(config.get("n_iterations", 1)) != cfg.n_iterations or bool(
@@ -338,6 +384,10 @@ class Trainer:
             whole = self._whole_model_init(obj, src)
             if whole is not None:
                 return whole
+            if cfg.architecture not in ISDU_FAMILY:
+                raise QSMInputError(
+                    f"init_from for {cfg.architecture} must be a qsmflow checkpoint of it", src
+                )
             sd, base = checkpoints.first_denoiser_state(obj, src)
             kwargs = self._model_kwargs(base)
             try:
@@ -348,10 +398,16 @@ class Trainer:
             model = ISDUQSMNet.from_k1_denoiser(sd, cfg.n_iterations, cfg.shared_weights, **kwargs)
             log.info("initialised %d denoiser(s) from %s", len(model.denoisers), src)
             return model
-        if cfg.stage == "unrolled":
+        if cfg.architecture not in ISDU_FAMILY:
+            return MODELS[cfg.architecture].create(**self._zoo_kwargs())
+        if cfg.stage == "unrolled" and cfg.architecture == "isdu":
             log.warning(
                 "stage 'unrolled' without init_from: training K=%d from scratch", cfg.n_iterations
             )
+        if cfg.architecture == "spinet":
+            kwargs = {**MODELS["spinet"].defaults, **self._model_kwargs(None)}
+            kwargs.update(n_iterations=cfg.n_iterations, shared_weights=cfg.shared_weights)
+            return ISDUQSMNet(**kwargs)
         return ISDUQSMNet(
             n_iterations=cfg.n_iterations,
             shared_weights=cfg.shared_weights,
@@ -409,9 +465,14 @@ class Trainer:
         return self.loss_fn(chi_hat.float(), chi, phi, mask, kernel)
 
     def lambdas(self) -> list[float]:
-        """lambda_k of every denoiser (data-consistency weights, as trained)."""
+        """lambda_k of every denoiser (data-consistency weights, as trained); LPCNN: its
+        gradient step alpha; data-driven nets: none."""
         m = _bare_model(self.model)
-        return [float(d.lambda_val.detach().reshape(-1)[0]) for d in m.denoisers]
+        if hasattr(m, "denoisers"):
+            return [float(d.lambda_val.detach().reshape(-1)[0]) for d in m.denoisers]
+        if hasattr(m, "alpha"):
+            return [float(m.alpha.detach().reshape(-1)[0])]
+        return []
 
     def _set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
@@ -549,8 +610,11 @@ class Trainer:
         if not self.dist.is_main:
             return None
         path = checkpoint_path(self.out, epoch)
-        checkpoints.save_isdu(
-            path, _bare_model(self.model), extra={"training": self._training_state(epoch, rngs)}
+        checkpoints.save_model(
+            path,
+            _bare_model(self.model),
+            self.cfg.architecture,
+            extra={"training": self._training_state(epoch, rngs)},
         )
         keep = self.cfg.keep_checkpoints
         if keep:
@@ -561,8 +625,11 @@ class Trainer:
     def save_final(self, epoch: int) -> Path:
         path = self.out / FINAL_NAME
         if self.dist.is_main:
-            checkpoints.save_isdu(
-                path, _bare_model(self.model), extra={"training": self._summary(epoch)}
+            checkpoints.save_model(
+                path,
+                _bare_model(self.model),
+                self.cfg.architecture,
+                extra={"training": self._summary(epoch)},
             )
         return path
 

@@ -10,6 +10,7 @@ from nipype.pipeline import engine as pe
 
 from ..errors import QSMInputError
 from ..interfaces.inversion import DipoleInversion
+from ..steps.inversion import NETWORK_METHODS
 
 #: Memory (GB) announced to Nipype's MultiProc scheduler for an ISDU-QSMNet node (a whole brain
 #: untiled needs ~2-3 GB on the CPU), so that it does not start several of them at once.
@@ -29,7 +30,8 @@ def init_qsm_wf(
     from the field's affine. The inversion step checks each method's options (and fills in
     their defaults); a relative ISDU ``weights`` path must already be absolute here
     (:func:`qsmflow.config.config_from_dict` makes it so), since nodes run in their own
-    folders. ISDU-QSMNet nodes announce :data:`ISDU_NODE_MEM_GB` to the scheduler.
+    folders. Network nodes (ISDU-QSMNet and the other models of the zoo) announce
+    :data:`ISDU_NODE_MEM_GB` to the scheduler.
 
     Parameters
     ----------
@@ -69,7 +71,7 @@ def init_qsm_wf(
         niu.IdentityInterface(fields=[f"chi_{m}" for m in methods]), name="outputnode"
     )
     for method in methods:
-        resources = {"mem_gb": ISDU_NODE_MEM_GB} if method == "isdu" else {}
+        resources = {"mem_gb": ISDU_NODE_MEM_GB} if method in NETWORK_METHODS else {}
         node = pe.Node(DipoleInversion(method=method), name=f"invert_{method}", **resources)
         if method in options:
             node.inputs.options = dict(options[method])
