@@ -72,7 +72,9 @@ class ModelSpec:
     summary : one line: what it is, with its reference.
     build : constructor taking the model's keyword arguments.
     defaults : keyword arguments that make this entry out of ``build`` (e.g. SpiNet-QSM is the
-        ISDU class with one shared denoiser, learnable p, K = 3).
+        ISDU class with one shared denoiser, learnable p, K = 3, CG <= 25 and the authors'
+        data-consistency flow, so their weights reproduce their numbers; its training preset
+        switches to the batched ``dc_mode = "cg"``).
     normalisation : how the network's input and output are scaled.
     loss : default training loss (:data:`~qsmflow.training.losses.LOSSES`).
     preset : training preset under ``workflows/``.
@@ -119,7 +121,13 @@ MODELS: dict[str, ModelSpec] = {
             "model-based",
             "SpiNet-QSM: K = 3, one shared denoiser, learned p, majorised CG (Vaddadi 2023)",
             _isdu,
-            {"n_iterations": 3, "shared_weights": True, "learn_p": True, "cg_max_iter": 25},
+            {
+                "n_iterations": 3,
+                "shared_weights": True,
+                "learn_p": True,
+                "cg_max_iter": 25,
+                "dc_mode": "reference",
+            },
             _CHI_STATS,
             "combined",
             "train-spinet.toml",
