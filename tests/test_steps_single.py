@@ -21,6 +21,7 @@ from qsmflow.io.nifti import load_volume, save_volume, sidecar_path
 TE_S = (0.004, 0.008, 0.012)
 B0_TESLA = 3.0
 WEIGHTS = "<tiny ISDU checkpoint>"
+LPCNN_WEIGHTS = "<tiny LPCNN checkpoint>"
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +34,18 @@ def tiny_isdu_weights(tmp_path_factory) -> str:
     torch.manual_seed(0)
     model = ISDUQSMNet(2, False, width=4, n_blocks=2).eval()
     return str(save_isdu(tmp_path_factory.mktemp("isdu") / "tiny.pt", model))
+
+
+@pytest.fixture(scope="module")
+def tiny_lpcnn_weights(tmp_path_factory) -> str:
+    """A tiny random LPCNN checkpoint (a model of the zoo beside ISDU-QSMNet)."""
+    import torch
+
+    from qsmflow.models import build_model, save_model
+
+    torch.manual_seed(0)
+    model = build_model("lpcnn", width=4, n_blocks=1).eval()
+    return str(save_model(tmp_path_factory.mktemp("lpcnn") / "tiny.pt", model, "lpcnn"))
 
 
 @pytest.fixture(scope="module")
@@ -127,17 +140,19 @@ def test_bgremove_cli_equals_node(inputs, tmp_path, monkeypatch):
         ("star", ["--iterations", "4"], {"iterations": 4}),
         ("tv", ["--lambda", "3e-4", "--iterations", "20"], {"lam": 3e-4, "iterations": 20}),
         ("isdu", ["--device", "cpu", "--weights", WEIGHTS], {"device": "cpu", "weights": WEIGHTS}),
+        ("lpcnn", ["--weights", LPCNN_WEIGHTS], {"weights": LPCNN_WEIGHTS}),
     ],
 )
 def test_invert_cli_equals_node(
-    inputs, tiny_isdu_weights, tmp_path, monkeypatch, method, flags, options
+    inputs, tiny_isdu_weights, tiny_lpcnn_weights, tmp_path, monkeypatch, method, flags, options
 ):
     from qsmflow.interfaces.inversion import DipoleInversion
 
-    flags = [tiny_isdu_weights if f == WEIGHTS else f for f in flags]
-    options = {k: tiny_isdu_weights if v == WEIGHTS else v for k, v in options.items()}
+    files = {WEIGHTS: tiny_isdu_weights, LPCNN_WEIGHTS: tiny_lpcnn_weights}
+    flags = [files.get(f, f) for f in flags]
+    options = {k: files.get(v, v) for k, v in options.items()}
     cfg = config_from_dict({"inversion": {"methods": [method], "options": {method: options}}})
-    if method == "isdu":
+    if method in ("isdu", "lpcnn"):
         monkeypatch.setenv("QSMFLOW_TORCH_THREADS", "2")
     cli_out = tmp_path / f"chi_{method}.nii.gz"
     argv = ["invert", str(inputs["local_field"]), "-m", str(inputs["local_mask"])]
@@ -156,7 +171,9 @@ def test_invert_cli_equals_node(
     used = side["InversionOptions"]
     for key, value in options.items():
         assert used[key] == value
-    if method != "isdu":  # defaults filled in, the kernel convention recorded
+    if method in ("isdu", "lpcnn"):
+        assert side["Network"] == method and side["DipoleKernelK0"] == pytest.approx(1 / 3)
+    else:  # defaults filled in, the kernel convention recorded
         assert used["pad"] == 12 and side["DipoleKernelK0"] == 0.0
     if method == "tkd" and not options:
         assert used["threshold"] == 0.3

@@ -1,10 +1,10 @@
-"""``qsmflow export-weights``: an inference-only copy of a trained ISDU-QSMNet checkpoint."""
+"""``qsmflow export-weights``: an inference-only copy of a trained checkpoint (any model)."""
 
 from __future__ import annotations
 
 import argparse
 
-HELP = "write an inference-only ISDU-QSMNet weights file from a training checkpoint"
+HELP = "write an inference-only weights file from a training checkpoint (any model)"
 
 DESCRIPTION = """\
 Copy the model of a `qsmflow train` checkpoint (final.pt or checkpoints/epoch_NNNN.pt) into a
@@ -14,8 +14,9 @@ recorded with it: --recipe (the training preset) and --data-recipe (e.g. the
 realistic-patches recipe) copied in, --note, the sha256 and provenance of the checkpoint the
 training started from (init_from) when that file is found, and for every patch-set folder of
 the training data that is found, its size and the acquisition it was made from. Use the result
-with `qsmflow invert --method isdu --weights FILE`; qsmflow's own default weights
-(qsmflow/data/isdu_default.pt) were made this way from workflows/train-isdu-realistic.toml.
+with `qsmflow invert --method <model> --weights FILE` (the model's name is in the file);
+qsmflow's own default weights (qsmflow/data/isdu_default.pt) were made this way from
+workflows/train-isdu-realistic.toml.
 Exit status 2 for an unusable checkpoint.
 """
 

@@ -1,4 +1,5 @@
-"""``qsmflow train``: train ISDU-QSMNet from patch sets or simulated patches (preset stages)."""
+"""``qsmflow train``: train ISDU-QSMNet or another model of the zoo from patch sets or simulated
+patches (preset stages)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import argparse
 import os
 from pathlib import Path
 
-HELP = "train ISDU-QSMNet (K=1 pre-training, then K unrolled iterations) from patch sets"
+HELP = "train ISDU-QSMNet (K=1, then K unrolled iterations) or any model of `qsmflow models`"
 
 DESCRIPTION = """\
 Train ISDU-QSMNet on training pairs (local field phi in ppm, COSMOS chi in ppm, mask, B0
@@ -17,6 +18,12 @@ preset's [phantoms] table, as in workflows/train-isdu-cpu.toml); patch sets toge
 [phantoms] table are mixed (workflows/train-isdu-realistic.toml, the fine-tuning recipe of the
 shipped weights, on the patch sets of `qsmflow realistic-patches`). An init_from checkpoint of
 qsmflow with the stage's K and weight sharing is loaded whole (fine-tuning).
+
+The preset's `architecture` picks the model (default isdu; spinet, lpcnn, qsmnet, deepqsm,
+xqsm: `qsmflow models`, presets workflows/train-<model>.toml with the supplement's settings;
+`[model] denoiser = "simple-cnn" | "unet-mini" | "unet-heavy"` swaps ISDU's denoiser for the
+ablation). Every model goes through the same trainer, losses and checkpoint format (the model's
+name is in it), so `qsmflow invert --method <model> --weights OUTPUT/final.pt` runs the result.
 
 The preset (--config, see workflows/train-isdu.toml) lists the stages, run in order, each in
 OUTPUT/<stage name>/ (a preset without [[stages]] trains one stage directly in OUTPUT):

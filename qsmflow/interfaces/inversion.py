@@ -1,16 +1,18 @@
 """Nipype interface of the single-orientation dipole inversion (TKD, TSVD, CFL2, NDI,
-STAR-QSM, ISDU-QSMNet): a thin adapter around :func:`qsmflow.steps.inversion.invert_file`
-(COSMOS: :mod:`qsmflow.interfaces.cosmos`).
+STAR-QSM, TV, ISDU-QSMNet and the other networks of :mod:`qsmflow.models.registry`): a thin
+adapter around :func:`qsmflow.steps.inversion.invert_file` (COSMOS:
+:mod:`qsmflow.interfaces.cosmos`).
 
 Units: local fields and susceptibility in ppm; the B0 direction is a unit vector in the array
 axes, taken from the NIfTI affine.
 
-ISDU-QSMNet (``method="isdu"``) takes the options of
-:func:`qsmflow.models.inference.invert_isdu`: ``weights`` (checkpoint file; default the shipped
-one, qsmflow/data/isdu_default.pt), ``iterations`` (K), ``shared_weights``, ``device`` (auto, cpu,
-cuda), ``tile_size``, ``halo``. Threads: torch uses ``$QSMFLOW_TORCH_THREADS`` or else
-``$OMP_NUM_THREADS`` threads when either is set (``qsmflow run --plugin MultiProc`` sets
-OMP_NUM_THREADS=1 for its workers, so every node uses one), torch's default otherwise.
+The networks (``method="isdu"``, ``"spinet"``, ``"lpcnn"``, ``"qsmnet"``, ...) take the options
+of :func:`qsmflow.models.inference.invert_network`: ``weights`` (checkpoint file; isdu's default
+is the shipped one, qsmflow/data/isdu_default.pt), ``iterations`` (K), ``shared_weights``,
+``device`` (auto, cpu, cuda), ``tile_size``, ``halo``, ``check_geometry``. Threads: torch uses
+``$QSMFLOW_TORCH_THREADS`` or else ``$OMP_NUM_THREADS`` threads when either is set (``qsmflow
+run --plugin MultiProc`` sets OMP_NUM_THREADS=1 for its workers, so every node uses one),
+torch's default otherwise.
 """
 
 from __future__ import annotations
