@@ -1,4 +1,4 @@
-"""Alternative denoisers of the ISDU-QSMNet ablation: a 3-D U-Net and a simple residual CNN.
+"""3-D U-Nets (QSMnet, DeepQSM; the ablation's UNet-heavy, UNet-mini) and a residual CNN.
 
 :class:`UNet3d` is an encoder-decoder with skip connections (Ronneberger et al. 2015, in 3-D).
 With ``len(widths) = L`` it has L - 1 encoder levels and a bottleneck; every level is two
