@@ -17,6 +17,7 @@ from ..errors import QSMInputError
 
 #: Subcommand modules, in the order ``--help`` lists them.
 SUBCOMMANDS = (
+    "dicom",
     "run",
     "simulate",
     "mask",
