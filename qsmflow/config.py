@@ -176,6 +176,14 @@ class PipelineConfig:
                 if opts.get("weights"):  # nodes run in their own folders
                     opts["weights"] = os.path.abspath(os.fspath(opts["weights"]))
                 self.inversion.options[net] = opts
+        for m in self.inversion.methods:  # only isdu has shipped weights
+            if m in NETWORK_METHODS and m != "isdu":
+                if not self.inversion.options.get(m, {}).get("weights"):
+                    raise QSMInputError(
+                        f"{m} has no shipped weights; set [inversion.options.{m}] weights = "
+                        f"FILE (a qsmflow train checkpoint of {m})",
+                        source,
+                    )
         t = self.training
         if t.patch_size < 8 or t.stride < 1 or not 0 <= t.min_mask_fraction < 1:
             raise QSMInputError(

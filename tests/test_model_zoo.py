@@ -281,11 +281,16 @@ def test_pipeline_config_takes_zoo_models(tmp_path):
         {
             "inversion": {
                 "methods": ["tkd", "lpcnn", "qsmnet"],
-                "options": {"lpcnn": {"weights": "w.pt"}, "qsmnet": {"check_geometry": False}},
+                "options": {
+                    "lpcnn": {"weights": "w.pt"},
+                    "qsmnet": {"weights": "q.pt", "check_geometry": False},
+                },
             }
         }
     )
     assert cfg.inversion.options["lpcnn"]["weights"] == str(Path("w.pt").resolve())
+    with pytest.raises(QSMInputError, match=r"deepqsm has no shipped weights.*options\.deepqsm"):
+        config_from_dict({"inversion": {"methods": ["tkd", "deepqsm"]}})
     with pytest.raises(QSMInputError, match="apply to isdu and spinet, not qsmnet"):
         config_from_dict(
             {"inversion": {"methods": ["qsmnet"], "options": {"qsmnet": {"iterations": 4}}}}
