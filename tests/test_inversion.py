@@ -569,7 +569,7 @@ def test_cli_invert_option_errors_name_what_applies(nifti_case, tmp_path, capsys
     assert main([*base, "--method", "cfl2", "--threshold", "0.1"]) == 2
     assert "threshold does not apply to cfl2" in capsys.readouterr().err
     assert main([*base, "--device", "cpu"]) == 2
-    assert "isdu only" in capsys.readouterr().err
+    assert "device applies to the networks only" in capsys.readouterr().err
     assert main([*base, "--weights", str(paths["mask"])]) == 2
     assert "ndi, tv only" in capsys.readouterr().err
     assert not (tmp_path / "c.nii").exists()
