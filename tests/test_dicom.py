@@ -15,13 +15,11 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
-
-pydicom = pytest.importorskip("pydicom")
-
-from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
-from pydicom.encaps import encapsulate  # noqa: E402
-from pydicom.uid import (  # noqa: E402
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import (
     EnhancedMRImageStorage,
     ExplicitVRLittleEndian,
     JPEGLSLossless,
@@ -29,9 +27,9 @@ from pydicom.uid import (  # noqa: E402
     generate_uid,
 )
 
-from qsmflow.cli.main import main  # noqa: E402
-from qsmflow.io.dicom import convert_dicom  # noqa: E402
-from qsmflow.io.dicom.dcm2niix import dcm2niix_command  # noqa: E402
+from qsmflow.cli.main import main
+from qsmflow.io.dicom import convert_dicom
+from qsmflow.io.dicom.dcm2niix import dcm2niix_command
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
