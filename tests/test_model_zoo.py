@@ -33,12 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 SIM = dict(voxel_size=4.0, n_subjects=1, n_orientations=1, texture=False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors (conftest)
 
 
 @pytest.fixture(scope="module")

@@ -32,14 +32,7 @@ TINY_MODEL = {"width": 4, "n_blocks": 1}
 SIM = dict(voxel_size=4.0, n_subjects=1, n_orientations=2, texture=False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP spin-waiting on a busy 2-core machine
-    (16^3 FFTs were measured 500x slower with 2 threads under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny tensors (conftest)
 
 
 @pytest.fixture(scope="module")
